@@ -1,0 +1,23 @@
+import { Errors } from "moleculer";
+import { AUTHENTICATED, PLATFORM_ADMIN, type ActionAccess, type AuthenticatedUser } from "../types/access";
+
+/** True when the action may be called without a token. */
+export function isPublic(action: ActionAccess): boolean {
+	return action.auth === false;
+}
+
+/**
+ * Throws unless `user` may call an action that declares `access`.
+ * Fails closed: an action that declares no permission (and is not public) is refused.
+ */
+export function assertAccess(user: AuthenticatedUser | null | undefined, access: ActionAccess, actionName: string): void {
+	if (isPublic(access)) return;
+	if (!user) throw new Errors.MoleculerClientError("Authentication required", 401, "UNAUTHORIZED");
+
+	const required = access.permission;
+	if (typeof required !== "string" || required.length === 0)
+		throw new Errors.MoleculerClientError(`Action '${actionName}' declares no permission`, 403, "FORBIDDEN");
+	if (required === AUTHENTICATED || user.platformAdmin) return;
+	if (required === PLATFORM_ADMIN || !user.permissions.includes(required))
+		throw new Errors.MoleculerClientError(`Missing permission '${required}'`, 403, "FORBIDDEN", { permission: required });
+}

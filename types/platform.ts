@@ -1,0 +1,53 @@
+/**
+ * Platform settings: everything a service needs to know about its environment.
+ * `moleculer.config.ts` builds them from the environment (and nothing else reads it);
+ * services reach them as `this.broker.options.platform`.
+ */
+export type StoreSettings =
+	| { kind: "nedb"; dataDir: string }
+	| { kind: "sql"; url: string }
+	| { kind: "mongo"; url: string };
+
+export interface RateLimitSettings {
+	/** Length of the counting window in seconds. */
+	windowSeconds: number;
+	/** Requests a client IP may make per window; 0 turns the limit off. */
+	perIp: number;
+	/** Requests an authenticated user may make per window; 0 turns the limit off. */
+	perUser: number;
+}
+
+export interface HttpSettings {
+	port: number;
+	/** Address the gateway listens on. */
+	host: string;
+	/** Allowed CORS origins; `["*"]` allows any origin (without credentials). */
+	corsOrigins: string[];
+	/** proxy-addr trust list: the client IP is read from X-Forwarded-For only behind these. */
+	trustedProxies: string[];
+	/** Largest accepted JSON/urlencoded body, in bytes. */
+	bodyLimit: number;
+	rateLimit: RateLimitSettings;
+}
+
+export interface PlatformSettings {
+	/** `production`, `development` or `test`. */
+	env: string;
+	/** Root of the embedded stores and local files. */
+	dataDir: string;
+	/** Where entities live. */
+	store: StoreSettings;
+	/** Redis for shared state across nodes (rate limits, sessions, presence); unset = in memory. */
+	redisUrl: string | null;
+	/** True when this node talks to other nodes (a transporter is set). */
+	clustered: boolean;
+	http: HttpSettings;
+	/** Directory served at `/` by the gateway. */
+	publicDir: string;
+}
+
+declare module "moleculer" {
+	interface BrokerOptions {
+		platform?: PlatformSettings;
+	}
+}
