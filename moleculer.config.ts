@@ -5,6 +5,7 @@
  * the platform settings every service reads from `broker.options.platform`.
  * moleculer-runner loads the default export, built from `process.env`.
  */
+import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import type { BrokerOptions, LoggerConfig, MetricRegistryOptions, Middleware, TracerOptions } from "moleculer";
@@ -91,6 +92,7 @@ function logger(env: Env): LoggerConfig {
 export function createPlatformSettings(env: Env = process.env): PlatformSettings {
 	const dataDir = path.resolve(env.DATA_DIR ?? path.join(PROJECT_ROOT, "data"));
 	return {
+		version: (JSON.parse(fs.readFileSync(path.join(PROJECT_ROOT, "package.json"), "utf8")) as { version: string }).version,
 		env: env.NODE_ENV ?? "production",
 		dataDir,
 		store: store(env, dataDir),

@@ -5,6 +5,7 @@ import type { EntityDefinition, FindParams, ListParams, Page, Query } from "../t
 import { EntityCodec, withSearch } from "../lib/db/codec";
 import { createStore, type Store } from "../lib/db/stores";
 import type { DbAdapter } from "../lib/db/stores/base.store";
+import { serviceSchema } from "../lib/service";
 
 type Doc = Record<string, unknown>;
 
@@ -48,7 +49,7 @@ export const LIST_DEFAULTS = { pageSize: 20, maxPageSize: 100 };
 export function DbMixin(entity: EntityDefinition): Partial<ServiceSchema> {
 	const codec = new EntityCodec(entity);
 
-	return {
+	return serviceSchema({
 		mixins: [MoleculerDb as unknown as ServiceSchema],
 
 		settings: { idField: "id", pageSize: LIST_DEFAULTS.pageSize, maxPageSize: LIST_DEFAULTS.maxPageSize },
@@ -168,11 +169,10 @@ export function DbMixin(entity: EntityDefinition): Partial<ServiceSchema> {
 			},
 		},
 
-		async started(this: Service) {
-			const self = this as DbService;
-			await self.store.afterConnected(self.adapter);
+		async started(this: DbService) {
+			await this.store.afterConnected(this.adapter);
 			const platform = this.broker.options.platform;
-			if (!self.store.shared && platform?.clustered) {
+			if (!this.store.shared && platform?.clustered) {
 				const elsewhere = this.broker.registry
 					.getServiceList({ onlyLocal: false, skipInternal: true, withActions: false })
 					.filter(s => s.name === this.name && s.nodeID !== this.broker.nodeID);
@@ -185,7 +185,7 @@ export function DbMixin(entity: EntityDefinition): Partial<ServiceSchema> {
 					);
 			}
 		},
-	};
+	});
 }
 
 type AdapterIds = { beforeSaveTransformID(doc: Doc, idField: string): Doc };

@@ -31,6 +31,8 @@ export interface HttpSettings {
 }
 
 export interface PlatformSettings {
+	/** The platform's version (package.json). */
+	version: string;
 	/** `production`, `development` or `test`. */
 	env: string;
 	/** Root of the embedded stores and local files. */

@@ -1,0 +1,282 @@
+import { randomUUID } from "node:crypto";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import ApiGateway from "moleculer-web";
+import proxyAddr from "proxy-addr";
+import { getAbsoluteFSPath as swaggerUiPath } from "swagger-ui-dist";
+import { Errors, type Context, type Service, type ServiceSchema } from "moleculer";
+import { assertAccess, isPublic } from "../../lib/access";
+import { serviceSchema } from "../../lib/service";
+import { PrometheusTextReporter } from "../../lib/metrics/prometheus-text.reporter";
+import type { ActionAccess, AuthenticatedUser } from "../../types/access";
+import type { RequestMeta } from "../../types/context";
+import type { PlatformSettings } from "../../types/platform";
+import { buildOpenApi, type PublishedRoute } from "./openapi";
+import { GatewayRateLimiter, type LimitResult } from "./rate-limiter";
+
+/** Services the platform cannot serve requests without; `GET /api/ready` answers 503 until all are up. */
+const REQUIRED_SERVICES = ["config", "registry"];
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+type Req = IncomingMessage & {
+	$action?: ActionAccess & { name: string };
+	$ctx?: Context<unknown, RequestMeta>;
+	$startTime?: [number, number];
+	originalUrl?: string;
+};
+type Res = ServerResponse;
+type Alias = { method: string; fullPath: string; action?: string };
+
+type Gateway = Service & {
+	platform: PlatformSettings;
+	limiter: GatewayRateLimiter;
+	trust: (addr: string, i: number) => boolean;
+	aliases: Alias[];
+	server: import("node:http").Server;
+	clientIp(req: Req): string;
+	applyLimit(res: Res, result: LimitResult | null): void;
+	publishedRoutes(): PublishedRoute[];
+};
+
+/** Messages a client may see for server-side failures; the details go to the log only. */
+const SERVER_ERROR_MESSAGES: Record<number, string> = {
+	502: "Bad gateway",
+	503: "Service unavailable, try again shortly",
+	504: "The service did not answer in time",
+};
+/** Server-side error types whose own message is meant for the client. */
+const PUBLIC_SERVER_ERRORS = new Set(["NOT_READY", "SERVICE_NOT_AVAILABLE"]);
+
+/**
+ * The HTTP gateway (moleculer-web). Routes are the actions' own `rest` declarations under `/api`
+ * (autoAliases, mapping policy "restrict": nothing else is reachable). Every request gets a
+ * request id, an IP budget, authentication through `security.resolveToken`, an authorisation check
+ * against the action's declared permission (fail closed), and a user budget.
+ */
+const GatewayService = serviceSchema({
+	name: "gateway",
+	mixins: [ApiGateway as unknown as ServiceSchema],
+
+	settings: {
+		rest: "/",
+		port: 3000,
+		ip: "0.0.0.0",
+		etag: "weak",
+		log4XXResponses: false,
+		logRequest: null,
+		logResponse: null,
+		logRouteRegistration: "debug",
+		httpServerTimeout: 120_000,
+		rootCallOptions(this: Gateway, options: Record<string, unknown>, req: Req) {
+			const given = req.headers["x-request-id"];
+			options.requestID = typeof given === "string" && REQUEST_ID.test(given) ? given : randomUUID();
+		},
+		routes: [],
+		assets: { folder: "public", options: { index: "index.html", fallthrough: true } },
+	},
+
+	actions: {
+		// moleculer-web's own actions: listing aliases is the OpenAPI document's job, and routes are not edited at run time.
+		listAliases: false,
+		addRoute: false,
+		removeRoute: false,
+
+		health: {
+			rest: "GET /health",
+			auth: false,
+			description: "Liveness: the gateway node answers.",
+			handler(this: Gateway) {
+				return { status: "ok", nodeID: this.broker.nodeID, uptime: Math.round(process.uptime()) };
+			},
+		},
+
+		ready: {
+			rest: "GET /ready",
+			auth: false,
+			description: "Readiness: 200 when every required service is available, else 503 with the missing ones.",
+			handler(this: Gateway) {
+				const registry = this.broker.registry as unknown as { hasService(name: string): boolean };
+				const missing = REQUIRED_SERVICES.filter(name => !registry.hasService(name));
+				if (missing.length || this.broker.stopping)
+					throw new Errors.MoleculerError("Not ready", 503, "NOT_READY", { missing, stopping: Boolean(this.broker.stopping) });
+				return { status: "ready", services: REQUIRED_SERVICES };
+			},
+		},
+
+		openapi: {
+			rest: "GET /openapi.json",
+			auth: false,
+			description: "The OpenAPI 3 document of every published route.",
+			handler(this: Gateway) {
+				return buildOpenApi(this.publishedRoutes(), { title: "cnbicloud API", version: this.platform.version });
+			},
+		},
+
+		metrics: {
+			auth: false,
+			description: "This node's metrics in the Prometheus text format.",
+			handler(this: Gateway, ctx: Context<unknown, { $responseType?: string }>) {
+				const reporters = (this.broker.metrics as unknown as { reporter?: unknown[] }).reporter ?? [];
+				const reporter = reporters.find(r => r instanceof PrometheusTextReporter) as PrometheusTextReporter | undefined;
+				if (!reporter) throw new Errors.MoleculerClientError("Metrics are disabled on this node", 404, "NOT_FOUND");
+				ctx.meta.$responseType = "text/plain; version=0.0.4; charset=utf-8";
+				return reporter.render();
+			},
+		},
+	},
+
+	methods: {
+		/** The client's address: the socket's, or from X-Forwarded-For behind a trusted proxy only. */
+		clientIp(this: Gateway, req: Req) {
+			return proxyAddr(req, this.trust);
+		},
+
+		applyLimit(this: Gateway, res: Res, result: LimitResult | null) {
+			if (!result) return;
+			res.setHeader("RateLimit-Limit", result.limit);
+			res.setHeader("RateLimit-Remaining", result.remaining);
+			res.setHeader("RateLimit-Reset", result.resetSeconds);
+			if (!result.allowed) {
+				res.setHeader("Retry-After", result.resetSeconds);
+				throw new Errors.MoleculerClientError("Too many requests, slow down", 429, "RATE_LIMITED", { retryAfter: result.resetSeconds });
+			}
+		},
+
+		/** Route hook, before authentication: request metadata and the IP budget. */
+		async beforeCall(this: Gateway, ctx: Context<unknown, RequestMeta>, _route: unknown, req: Req, res: Res) {
+			const ip = this.clientIp(req);
+			ctx.meta.clientIp = ip;
+			this.applyLimit(res, await this.limiter.consumeIp(ip));
+		},
+
+		/** A bearer token becomes `ctx.meta.user` through `security.resolveToken`; public actions skip it. */
+		async authenticate(this: Gateway, ctx: Context<unknown, RequestMeta>, _route: unknown, req: Req): Promise<AuthenticatedUser | null> {
+			if (req.$action && isPublic(req.$action)) return null;
+			const header = req.headers.authorization;
+			if (!header) return null;
+			const match = /^Bearer ([A-Za-z0-9._~+/=-]{1,4096})$/.exec(header);
+			if (!match) throw new Errors.MoleculerClientError("The Authorization header must be 'Bearer <accessToken>'", 401, "INVALID_TOKEN");
+			return ctx.call<AuthenticatedUser, { token: string }>("security.resolveToken", { token: match[1] });
+		},
+
+		/** The action's declared permission against the user (fail closed), then the user's budget. */
+		async authorize(this: Gateway, ctx: Context<unknown, RequestMeta>, _route: unknown, req: Req, res: Res) {
+			const action = req.$action;
+			if (!action) throw new Errors.MoleculerClientError("Forbidden", 403, "FORBIDDEN");
+			assertAccess(ctx.meta.user, action, action.name);
+			if (ctx.meta.user) this.applyLimit(res, await this.limiter.consumeUser(ctx.meta.user.id));
+		},
+
+		/** The error body of ARCHITECTURE.md; a server-side failure says only what happened, never how. */
+		reformatError(this: Gateway, err: Errors.MoleculerError & { type?: string | number }, req: Req) {
+			const bodyError = bodyParserError(err, this.platform.http.bodyLimit);
+			if (bodyError) return bodyError;
+			const code = typeof err.code === "number" ? err.code : 500;
+			if (code >= 400 && code < 500) return { name: err.name, message: err.message, code, type: err.type, data: err.data };
+			if (PUBLIC_SERVER_ERRORS.has(String(err.type))) return { name: err.name, message: err.message, code, type: err.type, data: err.data };
+			return {
+				name: "ServerError",
+				message: SERVER_ERROR_MESSAGES[code] ?? "Internal server error",
+				code: code >= 500 && code < 600 ? code : 500,
+				type: "SERVER_ERROR",
+				data: { requestId: req.$ctx?.requestID },
+			};
+		},
+
+		publishedRoutes(this: Gateway): PublishedRoute[] {
+			const actions = new Map<string, Record<string, unknown>>();
+			for (const item of this.broker.registry.getActionList({ onlyAvailable: false, skipInternal: true }) as { name: string; action?: Record<string, unknown> }[])
+				if (item.action) actions.set(item.name, item.action);
+			return this.aliases
+				.filter(a => a.action && a.method !== "*")
+				.map(a => ({ method: a.method, path: a.fullPath, action: a.action!, definition: actions.get(a.action!) }));
+		},
+
+		accessLog(this: Gateway, req: Req, res: Res) {
+			const started = process.hrtime.bigint();
+			res.once("finish", () => {
+				const ms = Number(process.hrtime.bigint() - started) / 1e6;
+				const user = req.$ctx?.meta.user?.username ?? "-";
+				const url = (req.originalUrl ?? req.url ?? "").split("?")[0];
+				this.logger.info(`${req.method} ${url} ${res.statusCode} ${ms.toFixed(1)}ms rid=${res.getHeader("X-Request-ID") ?? "-"} ip=${req.socket.remoteAddress ?? "-"} user=${user}`);
+			});
+		},
+	},
+
+	/**
+	 * moleculer-web reads its settings in its own `created()`, which runs before this service's:
+	 * the environment-dependent settings are filled in here, when the schema is merged.
+	 */
+	merged(this: Gateway, schema: ServiceSchema) {
+		const platform = this.broker.options.platform!;
+		const http = platform.http;
+		const settings = schema.settings!;
+		settings.port = http.port;
+		settings.ip = http.host;
+		settings.assets.folder = platform.publicDir;
+
+		const cors = http.corsOrigins.length
+			? {
+				origin: http.corsOrigins.includes("*") ? "*" : http.corsOrigins,
+				methods: ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+				allowedHeaders: ["Authorization", "Content-Type", "X-Request-ID", "If-None-Match", "Range"],
+				exposedHeaders: ["X-Request-ID", "ETag", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset", "Retry-After", "Content-Disposition"],
+				credentials: false,
+				maxAge: 3600,
+			}
+			: undefined;
+		// Route hooks run with the service as `this`.
+		const guarded = {
+			mappingPolicy: "restrict",
+			authentication: true,
+			authorization: true,
+			onBeforeCall(this: Gateway, ctx: Context<unknown, RequestMeta>, route: unknown, req: Req, res: Res) {
+				return this.beforeCall(ctx, route, req, res);
+			},
+		};
+		settings.routes = [
+			{
+				...guarded,
+				name: "api",
+				path: "/api",
+				autoAliases: true,
+				cors,
+				bodyParsers: { json: { strict: true, limit: http.bodyLimit }, urlencoded: { extended: false, limit: http.bodyLimit } },
+			},
+			{
+				name: "docs-assets",
+				path: "/docs/swagger-ui",
+				mappingPolicy: "restrict",
+				aliases: {},
+				use: [ApiGateway.serveStatic(swaggerUiPath(), { index: false, fallthrough: true })],
+			},
+			{ ...guarded, name: "root", path: "/", aliases: { "GET /metrics": "gateway.metrics" }, bodyParsers: false },
+		];
+	},
+
+	created(this: Gateway) {
+		this.platform = this.broker.options.platform!;
+		this.trust = proxyAddr.compile(this.platform.http.trustedProxies);
+		this.limiter = new GatewayRateLimiter(this.platform.http.rateLimit, this.platform.redisUrl, `${this.broker.namespace || "cnbicloud"}:ratelimit`);
+	},
+
+	started(this: Gateway) {
+		this.server.prependListener("request", (req, res) => this.accessLog(req as Req, res));
+	},
+
+	async stopped(this: Gateway) {
+		await this.limiter.close();
+	},
+});
+
+/** body-parser failures as clear 4xx answers. */
+function bodyParserError(err: { type?: unknown; code?: unknown }, limit: number) {
+	if (err.type === "entity.parse.failed")
+		return { name: "BadRequestError", message: "The request body is not valid JSON", code: 400, type: "INVALID_JSON" };
+	if (err.type === "entity.too.large")
+		return { name: "PayloadTooLargeError", message: `The request body is larger than ${limit} bytes`, code: 413, type: "PAYLOAD_TOO_LARGE" };
+	if (err.type === "charset.unsupported" || err.type === "encoding.unsupported")
+		return { name: "UnsupportedMediaTypeError", message: "Unsupported body encoding", code: 415, type: "UNSUPPORTED_MEDIA_TYPE" };
+	return null;
+}
+
+export default GatewayService;

@@ -1,0 +1,9 @@
+import type { AuthenticatedUser } from "./access";
+
+/** What the gateway (and the real-time channels) put in `ctx.meta` for the services. */
+export interface RequestMeta {
+	/** The signed-in user, or null/absent for an anonymous call. */
+	user?: AuthenticatedUser | null;
+	/** The client's IP address, as the gateway determined it. */
+	clientIp?: string;
+}
