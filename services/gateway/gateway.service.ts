@@ -155,7 +155,14 @@ const GatewayService = serviceSchema({
 			if (!header) return null;
 			const match = /^Bearer ([A-Za-z0-9._~+/=-]{1,4096})$/.exec(header);
 			if (!match) throw new Errors.MoleculerClientError("The Authorization header must be 'Bearer <accessToken>'", 401, "INVALID_TOKEN");
-			return ctx.call<AuthenticatedUser, { token: string }>("security.resolveToken", { token: match[1] });
+			try {
+				return await ctx.call<AuthenticatedUser, { token: string }>("security.resolveToken", { token: match[1] });
+			} catch (err) {
+				// No security service, no access: a token that cannot be checked is refused.
+				if (err instanceof Errors.ServiceNotFoundError || err instanceof Errors.ServiceNotAvailableError)
+					throw new Errors.MoleculerError("Authentication is unavailable, try again shortly", 503, "SERVICE_NOT_AVAILABLE");
+				throw err;
+			}
 		},
 
 		/** The action's declared permission against the user (fail closed), then the user's budget. */
