@@ -64,6 +64,9 @@ const GatewayService = serviceSchema({
 		log4XXResponses: false,
 		logRequest: null,
 		logResponse: null,
+		// Request params and response data may carry secrets (passwords, config values, tokens).
+		logRequestParams: null,
+		logResponseData: null,
 		logRouteRegistration: "debug",
 		httpServerTimeout: 120_000,
 		rootCallOptions(this: Gateway, options: Record<string, unknown>, req: Req) {
