@@ -1,0 +1,161 @@
+/**
+ * The bench's child processes: started with plain `node` from compiled JavaScript, registered
+ * with a reaper so that none outlives the bench, and measured (RSS) while loaded.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import ts from "typescript";
+
+let reaper: ChildProcess | null = null;
+
+/**
+ * Children must not outlive the bench, whatever ends it: an error, Ctrl-C, or a SIGKILL (tsx's
+ * CLI sends one when the process it runs does not report a relayed SIGINT within 30 ms, which
+ * happens under load, and then no exit hook runs). So a small detached process, reaper.ts,
+ * holds the other end of a pipe: when this process ends for any reason the pipe closes and the
+ * reaper stops every pid still registered and removes `tempDir`. Call first, before any child.
+ */
+export function startReaper(tempDir: string): void {
+	const script = transpile(path.join(__dirname, "reaper.ts"), tempDir);
+	// Detached: its own session, so a Ctrl-C meant for the bench does not stop it too.
+	reaper = spawn(process.execPath, [script, tempDir], { detached: true, stdio: ["pipe", "ignore", "ignore"] });
+	// Should the reaper die, the bench still stops its children itself: a broken pipe is no reason to fail.
+	reaper.on("error", () => {});
+	reaper.stdin?.on("error", () => {});
+}
+
+/** Normal end: everything is stopped, the reaper only removes the temp folder and exits. */
+export function stopReaper(): void {
+	reaper?.stdin?.end();
+	reaper = null;
+}
+
+/** Registers a process with the reaper (nats-server from test/support is registered by hand). */
+export function track(pid: number): void {
+	reaper?.stdin?.write(`+${pid}\n`);
+}
+
+export function untrack(pid: number): void {
+	reaper?.stdin?.write(`-${pid}\n`);
+}
+
+export class NodeProcess {
+	readonly pid: number;
+	/** Settles when the process has exited, for whatever reason. */
+	readonly exited: Promise<void>;
+	private readonly child: ChildProcess;
+	private log = "";
+
+	/** Runs `node <args>` from `cwd` with exactly `env` (nothing inherited but what is given). */
+	constructor(readonly name: string, args: string[], env: NodeJS.ProcessEnv, cwd: string) {
+		this.child = spawn(process.execPath, args, { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
+		if (this.child.pid === undefined) throw new Error(`${name}: could not start node ${args.join(" ")}`);
+		this.pid = this.child.pid;
+		track(this.pid);
+		// The pipes must be read or a chatty child blocks; the last 16 kB are kept for error reports.
+		const keep = (chunk: Buffer) => (this.log = (this.log + chunk.toString()).slice(-16_384));
+		this.child.stdout!.on("data", keep);
+		this.child.stderr!.on("data", keep);
+		this.exited = new Promise(resolve =>
+			this.child.once("exit", () => {
+				untrack(this.pid);
+				resolve();
+			}),
+		);
+	}
+
+	get running(): boolean {
+		return this.child.exitCode === null && this.child.signalCode === null;
+	}
+
+	output(): string {
+		return this.log.trim();
+	}
+
+	/** Rejects as soon as the process exits: race it against a readiness check. */
+	async failOnExit(): Promise<never> {
+		await this.exited;
+		throw new Error(`${this.name} exited (code ${this.child.exitCode}, signal ${this.child.signalCode}):\n${this.output()}`);
+	}
+
+	/** SIGTERM (Moleculer nodes then stop gracefully), SIGKILL if still there after `graceMs`. */
+	async stop(graceMs = 5_000): Promise<void> {
+		if (!this.running) return;
+		this.child.kill("SIGTERM");
+		let timer: NodeJS.Timeout | undefined;
+		const late = new Promise<"late">(resolve => (timer = setTimeout(() => resolve("late"), graceMs)));
+		if ((await Promise.race([this.exited, late])) === "late") {
+			this.child.kill("SIGKILL");
+			await this.exited;
+		}
+		clearTimeout(timer);
+	}
+}
+
+/**
+ * Transpiles one self-contained TypeScript file (type imports only) into `outDir` and returns the
+ * .js path, so that the measured processes run without tsx loaded (tsx adds ~40 MB RSS).
+ */
+export function transpile(file: string, outDir: string): string {
+	const out = ts.transpileModule(fs.readFileSync(file, "utf8"), {
+		fileName: file,
+		compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022, esModuleInterop: true },
+	});
+	const target = path.join(outDir, path.basename(file).replace(/\.ts$/, ".js"));
+	fs.writeFileSync(target, out.outputText);
+	return target;
+}
+
+/** The pid of the one running process whose command line satisfies `match`. */
+export function findPid(match: (argv: string[]) => boolean): number {
+	for (const entry of fs.readdirSync("/proc")) {
+		if (!/^\d+$/.test(entry)) continue;
+		try {
+			const argv = fs.readFileSync(`/proc/${entry}/cmdline`, "utf8").split("\0").filter(Boolean);
+			if (argv.length && match(argv)) return Number(entry);
+		} catch {
+			// the process went away while the list was read
+		}
+	}
+	throw new Error("process not found in /proc");
+}
+
+/** Resident memory of a process in MB (VmRSS from /proc), NaN when it cannot be read. */
+export function rssMb(pid: number): number {
+	try {
+		const status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
+		const kb = /^VmRSS:\s+(\d+) kB/m.exec(status);
+		return kb ? Number(kb[1]) / 1024 : NaN;
+	} catch {
+		return NaN;
+	}
+}
+
+/** Samples the RSS of named processes during a load and keeps each one's peak. */
+export class RssSampler {
+	private readonly peak = new Map<string, number>();
+	private timer: NodeJS.Timeout | undefined;
+
+	constructor(private readonly pids: Record<string, number>) {}
+
+	start(intervalMs = 250): this {
+		this.sample();
+		this.timer = setInterval(() => this.sample(), intervalMs);
+		return this;
+	}
+
+	/** Stops sampling; answers the peak RSS (MB) of each process. */
+	stop(): Record<string, number> {
+		clearInterval(this.timer);
+		this.sample();
+		return Object.fromEntries(this.peak);
+	}
+
+	private sample(): void {
+		for (const [name, pid] of Object.entries(this.pids)) {
+			const mb = rssMb(pid);
+			if (!Number.isNaN(mb)) this.peak.set(name, Math.max(this.peak.get(name) ?? 0, mb));
+		}
+	}
+}
