@@ -60,7 +60,11 @@ export class SqlStore extends Store {
 
 	createAdapter(): DbAdapter {
 		const url = this.url;
-		const adapter = new SequelizeDbAdapter(acquire(url)) as unknown as DbAdapter;
+		// noSync: the adapter would close the shared pool when its `sync()` fails, leaving every
+		// service of the node without a database; afterConnected() creates the table instead.
+		// Its typings declare one argument; the adapter takes Sequelize's four, options last.
+		const Adapter = SequelizeDbAdapter as unknown as new (...opts: unknown[]) => DbAdapter;
+		const adapter = new Adapter(acquire(url), undefined, undefined, { noSync: true });
 		adapter.disconnect = () => release(url);
 		// Its updateById takes `{ $set }` but its updateMany wants the bare changes.
 		const { updateMany } = adapter;
@@ -74,6 +78,24 @@ export class SqlStore extends Store {
 			define[name] = { type: columnType(field), allowNull: !field.required };
 		const indexes = (this.entity.indexes ?? []).map(i => ({ fields: i.fields, unique: Boolean(i.unique) }));
 		return { model: { name: this.entity.name, define, options: { tableName: this.entity.name, timestamps: false, indexes } } };
+	}
+
+	/**
+	 * Creates the table and its indexes when missing. Replicas starting together race to create
+	 * them (PostgreSQL then reports a duplicate in its catalogue): the loser tries again and
+	 * finds them there.
+	 */
+	override async afterConnected(adapter: DbAdapter): Promise<void> {
+		const model = (adapter as unknown as { model: { sync(): Promise<unknown> } }).model;
+		for (let attempt = 1; ; attempt++) {
+			try {
+				await model.sync();
+				return;
+			} catch (err) {
+				if (attempt >= 5) throw err;
+				await new Promise(resolve => setTimeout(resolve, 50 + Math.random() * 200 * attempt));
+			}
+		}
 	}
 
 	translate(query: Query): unknown {
