@@ -95,10 +95,12 @@ const GatewayService = serviceSchema({
 		ready: {
 			rest: "GET /ready",
 			auth: false,
-			description: "Readiness: 200 when every required service is available, else 503 with the missing ones.",
+			description: "Readiness: 200 when every required service is available and routed, else 503 with the missing ones.",
 			handler(this: Gateway) {
 				const registry = this.broker.registry as unknown as { hasService(name: string): boolean };
-				const missing = REQUIRED_SERVICES.filter(name => !registry.hasService(name));
+				// Aliases follow the registry a moment later: a service is ready once its routes exist too.
+				const routed = (name: string) => this.aliases.some(a => a.action?.startsWith(`${name}.`));
+				const missing = REQUIRED_SERVICES.filter(name => !registry.hasService(name) || !routed(name));
 				if (missing.length || this.broker.stopping)
 					throw new Errors.MoleculerError("Not ready", 503, "NOT_READY", { missing, stopping: Boolean(this.broker.stopping) });
 				return { status: "ready", services: REQUIRED_SERVICES };
@@ -207,7 +209,7 @@ const GatewayService = serviceSchema({
 				const ms = Number(process.hrtime.bigint() - started) / 1e6;
 				const user = req.$ctx?.meta.user?.username ?? "-";
 				const url = (req.originalUrl ?? req.url ?? "").split("?")[0];
-				this.logger.info(`${req.method} ${url} ${res.statusCode} ${ms.toFixed(1)}ms rid=${res.getHeader("X-Request-ID") ?? "-"} ip=${req.socket.remoteAddress ?? "-"} user=${user}`);
+				this.logger.info(`${req.method} ${url} ${res.statusCode} ${ms.toFixed(1)}ms rid=${res.getHeader("X-Request-ID") ?? "-"} ip=${this.clientIp(req)} user=${user}`);
 			});
 		},
 	},
