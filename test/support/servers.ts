@@ -51,11 +51,12 @@ export class ServerProcess {
 		readonly port: number,
 		private readonly command: string,
 		private readonly args: string[],
+		private readonly spawnOptions: { uid?: number; gid?: number; cwd?: string } = {},
 	) {}
 
 	async start(): Promise<this> {
 		this.output = "";
-		const child = spawn(this.command, this.args, { stdio: ["ignore", "pipe", "pipe"] });
+		const child = spawn(this.command, this.args, { stdio: ["ignore", "pipe", "pipe"], ...this.spawnOptions });
 		child.stdout?.on("data", d => (this.output += d));
 		child.stderr?.on("data", d => (this.output += d));
 		this.child = child;
@@ -108,9 +109,14 @@ function postgresBin(name: string): string {
 	return name;
 }
 
-/** PostgreSQL refuses to run as root: run it as the `postgres` user that Debian's package creates. */
-function asPostgresUser(command: string, args: string[]): [string, string[]] {
-	return process.getuid?.() === 0 ? ["runuser", ["-u", "postgres", "--", command, ...args]] : [command, args];
+/**
+ * PostgreSQL refuses to run as root: as root, run it as the `postgres` user that Debian's package
+ * creates (set directly on the child, so that signals reach postgres itself).
+ */
+function postgresUser(): { uid?: number; gid?: number } {
+	if (process.getuid?.() !== 0) return {};
+	const id = (flag: string) => Number(spawnSync("id", [flag, "postgres"], { encoding: "utf8" }).stdout.trim());
+	return { uid: id("-u"), gid: id("-g") };
 }
 
 export interface PostgresServer {
@@ -123,16 +129,16 @@ export interface PostgresServer {
 export async function startPostgres(): Promise<PostgresServer> {
 	const dir = fs.mkdtempSync(path.join(os.tmpdir(), "cnbicloud-pg-"));
 	if (process.getuid?.() === 0) spawnSync("chown", ["postgres:postgres", dir]);
-	const [initCmd, initArgs] = asPostgresUser(postgresBin("initdb"), ["-D", dir, "-A", "trust", "-U", "postgres", "--no-sync"]);
-	const init = spawnSync(initCmd, initArgs, { encoding: "utf8" });
+	const user = postgresUser();
+	const init = spawnSync(postgresBin("initdb"), ["-D", dir, "-A", "trust", "-U", "postgres", "--no-sync"], { encoding: "utf8", ...user, cwd: dir });
 	if (init.status !== 0) throw new Error(`initdb failed: ${init.stderr}`);
 
 	const port = await freePort();
-	const [cmd, args] = asPostgresUser(postgresBin("postgres"), [
+	const args = [
 		"-D", dir, "-p", String(port), "-k", dir, "-c", "listen_addresses=127.0.0.1",
 		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=300",
-	]);
-	const server = new ServerProcess("postgres", port, cmd, args);
+	];
+	const server = new ServerProcess("postgres", port, postgresBin("postgres"), args, { ...user, cwd: dir });
 	await server.start();
 	await waitFor(() => psql(`postgres://postgres@127.0.0.1:${port}/postgres`, "SELECT 1").status === 0, "postgres to accept queries");
 
