@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import ts from "typescript";
+import { NodeProcess } from "../test/support/node-process";
 
 let reaper: ChildProcess | null = null;
 
@@ -40,56 +41,10 @@ export function untrack(pid: number): void {
 	reaper?.stdin?.write(`-${pid}\n`);
 }
 
-export class NodeProcess {
-	readonly pid: number;
-	/** Settles when the process has exited, for whatever reason. */
-	readonly exited: Promise<void>;
-	private readonly child: ChildProcess;
-	private log = "";
-
-	/** Runs `node <args>` from `cwd` with exactly `env` (nothing inherited but what is given). */
-	constructor(readonly name: string, args: string[], env: NodeJS.ProcessEnv, cwd: string) {
-		this.child = spawn(process.execPath, args, { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
-		if (this.child.pid === undefined) throw new Error(`${name}: could not start node ${args.join(" ")}`);
-		this.pid = this.child.pid;
-		track(this.pid);
-		// The pipes must be read or a chatty child blocks; the last 16 kB are kept for error reports.
-		const keep = (chunk: Buffer) => (this.log = (this.log + chunk.toString()).slice(-16_384));
-		this.child.stdout!.on("data", keep);
-		this.child.stderr!.on("data", keep);
-		this.exited = new Promise(resolve =>
-			this.child.once("exit", () => {
-				untrack(this.pid);
-				resolve();
-			}),
-		);
-	}
-
-	get running(): boolean {
-		return this.child.exitCode === null && this.child.signalCode === null;
-	}
-
-	output(): string {
-		return this.log.trim();
-	}
-
-	/** Rejects as soon as the process exits: race it against a readiness check. */
-	async failOnExit(): Promise<never> {
-		await this.exited;
-		throw new Error(`${this.name} exited (code ${this.child.exitCode}, signal ${this.child.signalCode}):\n${this.output()}`);
-	}
-
-	/** SIGTERM (Moleculer nodes then stop gracefully), SIGKILL if still there after `graceMs`. */
-	async stop(graceMs = 5_000): Promise<void> {
-		if (!this.running) return;
-		this.child.kill("SIGTERM");
-		let timer: NodeJS.Timeout | undefined;
-		const late = new Promise<"late">(resolve => (timer = setTimeout(() => resolve("late"), graceMs)));
-		if ((await Promise.race([this.exited, late])) === "late") {
-			this.child.kill("SIGKILL");
-			await this.exited;
-		}
-		clearTimeout(timer);
+/** Children of the bench: registered with the reaper while they run. */
+export class BenchProcess extends NodeProcess {
+	constructor(name: string, args: string[], env: NodeJS.ProcessEnv, cwd: string) {
+		super(name, args, env, cwd, { spawned: track, exited: untrack });
 	}
 }
 

@@ -22,7 +22,7 @@ import { ServiceBroker } from "moleculer";
 import { createBrokerConfig } from "../moleculer.config";
 import { freePort, startNats, waitFor } from "../test/support/servers";
 import { callLoad, httpLoad, type LoadResult } from "./load";
-import { findPid, NodeProcess, RssSampler, startReaper, stopReaper, track, transpile, untrack } from "./processes";
+import { BenchProcess, findPid, RssSampler, startReaper, stopReaper, track, transpile, untrack } from "./processes";
 
 const ROOT = path.resolve(__dirname, "..");
 const RUNNER = "node_modules/moleculer/bin/moleculer-runner.js";
@@ -71,7 +71,7 @@ function childEnv(vars: Record<string, string>): NodeJS.ProcessEnv {
 }
 
 /** Polls `url` until it answers 200 with the echo's JSON; fails at once if `proc` exits. */
-async function waitForPong(url: string, proc: NodeProcess): Promise<void> {
+async function waitForPong(url: string, proc: BenchProcess): Promise<void> {
 	const ready = waitFor(
 		async () => {
 			const res = await fetch(url, { signal: AbortSignal.timeout(1_000) });
@@ -138,21 +138,21 @@ async function main(): Promise<void> {
 	track(natsPid);
 
 	// Process B: the echo service on a node of its own, run like process A (plain node, dist config).
-	const echo = new NodeProcess("echo node", [RUNNER, "--config", CONFIG, echoJs], childEnv({
+	const echo = new BenchProcess("echo node", [RUNNER, "--config", CONFIG, echoJs], childEnv({
 		NODE_ID: "bench-echo", TRANSPORTER: nats.url, DATA_DIR: path.join(tmp, "echo"),
 	}), ROOT);
 	cleanups.push(() => echo.stop());
 
 	// Process A: the gateway node group, exactly as scripts/node.sh starts it; no rate limits.
 	const gatewayPort = await freePort();
-	const gateway = new NodeProcess("gateway node", [RUNNER, "--config", CONFIG, "dist/services/gateway"], childEnv({
+	const gateway = new BenchProcess("gateway node", [RUNNER, "--config", CONFIG, "dist/services/gateway"], childEnv({
 		NODE_ID: "bench-gateway", TRANSPORTER: nats.url, PORT: String(gatewayPort), HOST: "127.0.0.1",
 		DATA_DIR: path.join(tmp, "gateway"), RATE_LIMIT_PER_IP: "0", RATE_LIMIT_PER_USER: "0",
 	}), ROOT);
 	cleanups.push(() => gateway.stop());
 
 	const barePort = await freePort();
-	const bare = new NodeProcess("bare http server", [bareJs], childEnv({ PORT: String(barePort) }), ROOT);
+	const bare = new BenchProcess("bare http server", [bareJs], childEnv({ PORT: String(barePort) }), ROOT);
 	cleanups.push(() => bare.stop());
 
 	// The direct caller: a broker in this process, configured like every node, on the same NATS.
