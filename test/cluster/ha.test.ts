@@ -52,13 +52,18 @@ function load(url: string, clients: number, expect: (body: unknown) => boolean) 
 	};
 }
 
-/** How many `config.get` requests a node has served, from its own metrics. */
-async function servedBy(observer: ServiceBroker, nodeID: string): Promise<number> {
-	const metrics = (await observer.call("$node.metrics", { includes: ["moleculer.request.total"] }, { nodeID })) as {
+/** The sum of a `config.get` counter in a node's own metrics. */
+async function counted(observer: ServiceBroker, nodeID: string, metric: string): Promise<number> {
+	const metrics = (await observer.call("$node.metrics", { includes: [metric] }, { nodeID })) as {
 		values: { labels: { action?: string }; value: number }[];
 	}[];
 	return metrics.flatMap(m => m.values).filter(v => v.labels.action === "config.get").reduce((n, v) => n + v.value, 0);
 }
+
+/** How many `config.get` requests a node has served. */
+const servedBy = (observer: ServiceBroker, nodeID: string) => counted(observer, nodeID, "moleculer.request.total");
+/** How many `config.get` calls a (calling) node has retried. */
+const retriesBy = (observer: ServiceBroker, nodeID: string) => counted(observer, nodeID, "moleculer.request.retry.attempts.total");
 
 describe("HA over real NATS and PostgreSQL", () => {
 	let nats: ServerProcess & { url: string };
@@ -125,6 +130,7 @@ describe("HA over real NATS and PostgreSQL", () => {
 		const run = load(configUrl(), 8, isValue);
 		await sleep(1_500);
 		const before = await servedBy(observer, "platform-a");
+		const retriesBefore = await retriesBy(observer, "gateway-1");
 		await platformA.kill();
 		// Long enough for the cluster to declare the node dead (HEARTBEAT_TIMEOUT) and to carry on without it.
 		await sleep(10_000);
@@ -133,6 +139,7 @@ describe("HA over real NATS and PostgreSQL", () => {
 		assert.ok(killed.total > 100, `the load ran (${killed.total} requests)`);
 		assert.deepEqual(killed.failures.slice(0, 5), [], `${killed.failures.length} of ${killed.total} requests failed`);
 		assert.deepEqual(configNodes(), ["platform-b"], "the dead node has left the registry");
+		assert.ok((await retriesBy(observer, "gateway-1")) > retriesBefore, "the calls lost with the node were retried");
 
 		platformA.start();
 		await platformA.started(async () => configNodes().join() === "platform-a,platform-b", "back in the registry");
@@ -142,6 +149,23 @@ describe("HA over real NATS and PostgreSQL", () => {
 		assert.deepEqual(restarted.failures.slice(0, 5), [], `${restarted.failures.length} of ${restarted.total} requests failed after the restart`);
 		const served = await servedBy(observer, "platform-a");
 		assert.ok(served > restarted.total / 4, `the restarted node took its share: ${served} of ${restarted.total} requests`);
+	});
+
+	it("stops a node gracefully on SIGTERM: its calls in flight finish and it leaves the cluster at once", async () => {
+		const platformB = nodes[1];
+		const retriesBefore = await retriesBy(observer, "gateway-1");
+		const run = load(configUrl(), 8, isValue);
+		await sleep(1_000);
+		await platformB.stop();
+		// Its DISCONNECT announcement, not a heartbeat timeout, takes it out of the registry.
+		await waitFor(() => configNodes().join() === "platform-a", "platform-b to leave", 1_000);
+		await sleep(1_000);
+		const report = await run.stop();
+		assert.deepEqual(report.failures.slice(0, 5), [], `${report.failures.length} of ${report.total} requests failed`);
+		assert.equal(await retriesBy(observer, "gateway-1"), retriesBefore, "no call had to be retried");
+
+		platformB.start();
+		await platformB.started(async () => configNodes().join() === "platform-a,platform-b", "back in the registry");
 	});
 
 	it("reconnects every node by itself when nats-server is down for a few seconds", async () => {
