@@ -30,7 +30,6 @@ async function api(gw: RunningGateway, method: string, path: string, token: stri
 		headers: { ...bearer(token), ...(body === undefined ? {} : { "Content-Type": "application/json" }) },
 		body: body === undefined ? undefined : JSON.stringify(body),
 	});
-	// eslint-disable-next-line @typescript-eslint/no-explicit-any -- response bodies are checked field by field
 	return { status: res.status, body: (await res.json()) as any };
 }
 

@@ -50,23 +50,22 @@ export class NeDbStore extends Store {
 		if (this.compoundIndexes().length === 0) return adapter;
 
 		// Keep the hidden compound keys current on every write, and out of every read.
-		const store = this;
 		const { insert, updateById, entityToObject, findById } = adapter;
-		adapter.insert = doc => insert.call(adapter, { ...doc, ...store.compoundKeys(doc) });
+		adapter.insert = doc => insert.call(adapter, { ...doc, ...this.compoundKeys(doc) });
 		adapter.updateById = async (id, update) => {
 			const current = (await findById.call(adapter, id)) as Doc | null;
 			if (!current) return null;
 			const changes = update.$set;
-			return updateById.call(adapter, id, { $set: { ...changes, ...store.compoundKeys({ ...current, ...changes }) } });
+			return updateById.call(adapter, id, { $set: { ...changes, ...this.compoundKeys({ ...current, ...changes }) } });
 		};
 		const { updateMany } = adapter;
 		adapter.updateMany = (query, update) => {
 			const changed = Object.keys(update.$set);
-			if (store.compoundIndexes().some(fields => fields.some(f => changed.includes(f))))
-				throw new Error(`updateMany cannot change '${changed.join(", ")}' of '${store.entity.name}' on NeDB (part of a compound unique key)`);
+			if (this.compoundIndexes().some(fields => fields.some(f => changed.includes(f))))
+				throw new Error(`updateMany cannot change '${changed.join(", ")}' of '${this.entity.name}' on NeDB (part of a compound unique key)`);
 			return updateMany.call(adapter, query, update);
 		};
-		adapter.entityToObject = doc => store.withoutCompoundKeys(entityToObject.call(adapter, doc));
+		adapter.entityToObject = doc => this.withoutCompoundKeys(entityToObject.call(adapter, doc));
 		return adapter;
 	}
 
