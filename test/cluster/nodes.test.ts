@@ -6,10 +6,11 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
-import type { Context, ServiceBroker, ServiceSchema } from "moleculer";
+import { Errors, type Context, type ServiceBroker, type ServiceSchema } from "moleculer";
 import { ConfigMixin } from "../../mixins/config.mixin";
 import { DbMixin, type DbMethods } from "../../mixins/db.mixin";
 import ConfigService from "../../services/platform/config.service";
+import RegistryService from "../../services/platform/registry.service";
 import type { ConfigSnapshot } from "../../types/config";
 import { createTestBroker } from "../support/broker";
 import { startNats, testPostgres, waitFor, type PostgresServer, type ServerProcess } from "../support/servers";
@@ -31,6 +32,19 @@ const Notes: ServiceSchema = {
 		count: { cache: true, handler(this: DbMethods, ctx: Context) { return this.countEntities(ctx); } },
 		add: { params: { text: "string" }, handler(this: DbMethods, ctx: Context<{ text: string }>) { return this.createEntity(ctx, { text: ctx.params.text }); } },
 	},
+};
+
+/** An action that always fails on the server side, to trip circuit breakers. */
+const Fragile: ServiceSchema = {
+	name: "fragile",
+	actions: { fail() { throw new Errors.MoleculerServerError("Backend down", 500, "BACKEND_DOWN"); } },
+};
+
+type NodeRow = { id: string; available: boolean; local: boolean; metadata: { unit: string | null; zone: string | null }; services: string[] };
+type ServiceRow = {
+	name: string;
+	nodes: { nodeID: string; available: boolean }[];
+	actions: { name: string; endpoints: { nodeID: string; available: boolean; circuit: { state: string; caller?: string } }[] }[];
 };
 
 describe("nodes over real NATS sharing PostgreSQL", () => {
@@ -55,8 +69,8 @@ describe("nodes over real NATS sharing PostgreSQL", () => {
 	before(async () => {
 		[nats, pg] = await Promise.all([startNats(), testPostgres()]);
 		databaseUrl = await pg.createDatabase("cluster_nodes");
-		a = await node("node-a", [ConfigService, Notes]);
-		b = await node("node-b", [ConfigService, Notes, QuotaConsumer]);
+		a = await node("node-a", [ConfigService, Notes, RegistryService]);
+		b = await node("node-b", [ConfigService, Notes, QuotaConsumer, Fragile], { NODE_UNIT: "unit-2", NODE_ZONE: "zone-b" });
 		await waitFor(() => a.registry.getServiceList({ skipInternal: true }).filter(s => s.name === "config").length === 2, "both config replicas");
 	});
 
@@ -103,6 +117,28 @@ describe("nodes over real NATS sharing PostgreSQL", () => {
 		await a.call("notes.add", { text: "written on A" });
 		await waitFor(async () => (await b.call("notes.count")) === 2, "node B's cache to be cleaned", 1_000);
 		assert.equal(await a.call("notes.count"), 2);
+	});
+
+	it("lists the live nodes with their metadata and services", async () => {
+		const nodes = (await a.call("registry.nodes")) as NodeRow[];
+		const byId = new Map(nodes.map(n => [n.id, n]));
+		assert.deepEqual(byId.get("node-b")?.metadata, { unit: "unit-2", zone: "zone-b" });
+		assert.deepEqual(byId.get("node-b")?.services, ["config", "fragile", "notes", "quota"]);
+		assert.equal(byId.get("node-b")?.available, true);
+		assert.equal(byId.get("node-a")?.local, true);
+	});
+
+	it("lists each service's nodes and the circuit-breaker state of its endpoints", async () => {
+		const before = (await a.call("registry.services")) as ServiceRow[];
+		assert.deepEqual(before.find(s => s.name === "config")?.nodes.map(n => n.nodeID).sort(), ["node-a", "node-b"]);
+
+		// Enough failures in the window (20 calls, all failing) open node A's breaker for node B's endpoint.
+		for (let i = 0; i < 25; i++) await a.call("fragile.fail").catch(() => {});
+		await waitFor(async () => {
+			const services = (await a.call("registry.services")) as ServiceRow[];
+			const endpoint = services.find(s => s.name === "fragile")?.actions[0].endpoints.find(e => e.nodeID === "node-b");
+			return endpoint?.circuit.state === "open" && endpoint.circuit.caller === "node-a" && endpoint.available === false;
+		}, "the open circuit to show", 2_000);
 	});
 
 	it("refuses to start a replica of a stateful service on NeDB", async () => {
