@@ -27,6 +27,7 @@ type Res = ServerResponse;
 type Alias = { method: string; fullPath: string; action?: string };
 
 type Gateway = Service & {
+	sendError(req: Req, res: Res, err: Error): void;
 	platform: PlatformSettings;
 	limiter: GatewayRateLimiter;
 	trust: (addr: string, i: number) => boolean;
@@ -130,6 +131,18 @@ const GatewayService = serviceSchema({
 	},
 
 	methods: {
+		/**
+		 * moleculer-web logs every 5xx as an error. A 503 NOT_READY is the expected answer to a
+		 * readiness probe while the platform starts: it goes to the debug log instead.
+		 */
+		errorHandler(this: Gateway, req: Req, res: Res, err: Errors.MoleculerError) {
+			if (err?.type === "NOT_READY") {
+				this.logger.debug(`Not ready: ${JSON.stringify(err.data)}`);
+				return this.sendError(req, res, err);
+			}
+			return (ApiGateway as unknown as { methods: { errorHandler: (...a: unknown[]) => unknown } }).methods.errorHandler.call(this, req, res, err);
+		},
+
 		/** The client's address: the socket's, or from X-Forwarded-For behind a trusted proxy only. */
 		clientIp(this: Gateway, req: Req) {
 			return proxyAddr(req, this.trust);
