@@ -89,6 +89,17 @@ function logger(env: Env): LoggerConfig {
 	};
 }
 
+/** A PEM given inline or as a path to a file holding it. */
+function pem(name: string, raw: string | undefined): string | null {
+	if (!raw) return null;
+	if (raw.includes("-----BEGIN")) return raw.replace(/\\n/g, "\n");
+	try {
+		return fs.readFileSync(raw, "utf8");
+	} catch (err) {
+		throw new Error(`${name} must be a PEM key or the path of a file holding one: ${(err as Error).message}`);
+	}
+}
+
 export function createPlatformSettings(env: Env = process.env): PlatformSettings {
 	const dataDir = path.resolve(env.DATA_DIR ?? path.join(PROJECT_ROOT, "data"));
 	return {
@@ -99,6 +110,15 @@ export function createPlatformSettings(env: Env = process.env): PlatformSettings
 		redisUrl: env.REDIS_URL || null,
 		clustered: Boolean(env.TRANSPORTER),
 		publicDir: path.join(PROJECT_ROOT, "public"),
+		security: {
+			jwtSecret: env.JWT_SECRET || null,
+			adminUsername: env.ADMIN_USERNAME || "admin",
+			adminPassword: env.ADMIN_PASSWORD || null,
+		},
+		license: {
+			publicKey: pem("LICENSE_PUBLIC_KEY", env.LICENSE_PUBLIC_KEY) ?? fs.readFileSync(path.join(PROJECT_ROOT, "keys", "license-public.pem"), "utf8"),
+			privateKey: pem("LICENSE_PRIVATE_KEY", env.LICENSE_PRIVATE_KEY),
+		},
 		http: {
 			port: int(env, "PORT", 3000),
 			host: env.HOST ?? "0.0.0.0",

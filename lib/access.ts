@@ -10,7 +10,12 @@ export function isPublic(action: ActionAccess): boolean {
  * Throws unless `user` may call an action that declares `access`.
  * Fails closed: an action that declares no permission (and is not public) is refused.
  */
-export function assertAccess(user: AuthenticatedUser | null | undefined, access: ActionAccess, actionName: string): void {
+export function assertAccess(
+	user: AuthenticatedUser | null | undefined,
+	access: ActionAccess,
+	actionName: string,
+	options: { mutating?: boolean } = {},
+): void {
 	if (isPublic(access)) return;
 	if (!user) throw new Errors.MoleculerClientError("Authentication required", 401, "UNAUTHORIZED");
 
@@ -18,6 +23,8 @@ export function assertAccess(user: AuthenticatedUser | null | undefined, access:
 	if (typeof required !== "string" || required.length === 0)
 		throw new Errors.MoleculerClientError(`Action '${actionName}' declares no permission`, 403, "FORBIDDEN");
 	if (required === AUTHENTICATED || user.platformAdmin) return;
+	// A read-only company (an expired licence) keeps reading; self-service (AUTHENTICATED) still works.
+	if (options.mutating && user.readOnly) throw new Errors.MoleculerClientError(user.readOnly, 403, "READ_ONLY");
 	if (required === PLATFORM_ADMIN || !user.permissions.includes(required))
 		throw new Errors.MoleculerClientError(`Missing permission '${required}'`, 403, "FORBIDDEN", { permission: required });
 }

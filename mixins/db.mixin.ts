@@ -6,6 +6,8 @@ import { EntityCodec, withSearch } from "../lib/db/codec";
 import { createStore, type Store } from "../lib/db/stores";
 import type { DbAdapter } from "../lib/db/stores/base.store";
 import { serviceSchema } from "../lib/service";
+import type { RequestMeta } from "../types/context";
+import type { EntityEvent } from "../types/org";
 
 type Doc = Record<string, unknown>;
 
@@ -14,7 +16,7 @@ export interface DbMethods {
 	findEntities(ctx: Context, params?: FindParams): Promise<Doc[]>;
 	countEntities(ctx: Context, params?: Pick<FindParams, "query" | "search">): Promise<number>;
 	listEntities(ctx: Context, params: ListParams): Promise<Page<Doc>>;
-	getEntity(ctx: Context, id: string): Promise<Doc | null>;
+	getEntity(ctx: Context, id: string, options?: { withHidden?: boolean }): Promise<Doc | null>;
 	createEntity(ctx: Context, doc: Doc): Promise<Doc>;
 	updateEntity(ctx: Context, id: string, changes: Doc): Promise<Doc | null>;
 	/** Sets `changes` on every entity matching `query`; answers how many changed (a compare-and-set when the query pins a version). */
@@ -29,7 +31,8 @@ type DbService = Service & DbMethods & {
 	codec: EntityCodec;
 	transformDocuments(ctx: Context, params: object, docs: unknown): Promise<Doc | Doc[]>;
 	entityChanged(type: string, json: unknown, ctx: Context): Promise<void>;
-	decodeAll(ctx: Context, docs: unknown[]): Promise<Doc[]>;
+	decodeAll(ctx: Context, docs: unknown[], withHidden?: boolean): Promise<Doc[]>;
+	emitEntityEvent(ctx: Context, verb: string, json: Doc): Promise<void>;
 	storeCall<T>(work: () => Promise<T>): Promise<T>;
 	checkSortable(sort: string[] | undefined): string[] | undefined;
 };
@@ -42,7 +45,9 @@ export const LIST_DEFAULTS = { pageSize: 20, maxPageSize: 100 };
  *
  * - moleculer-db's CRUD actions are switched off: a service publishes its own actions, which
  *   apply tenancy and validation, and calls the methods of `DbMethods`.
- * - Every change cleans the service's cache on every node (`cache.clean.<service>` event).
+ * - Every change cleans the service's cache on every node (`cache.clean.<service>` event), and a
+ *   single-record change emits the domain event `<service>.<entity.event>.<verb>` (audit, caches
+ *   and the bus listen to those) with the record, minus its hidden fields, and the acting user.
  * - A service on NeDB refuses to start when another node already serves it: two NeDB files
  *   would silently diverge. Replicas need a shared store.
  */
@@ -81,7 +86,7 @@ export function DbMixin(entity: EntityDefinition): Partial<ServiceSchema> {
 				const docs = await this.storeCall(() =>
 					this.adapter.find({ query, sort: sort && this.store.sort(sort), limit: params.limit, offset: params.offset }),
 				);
-				return this.decodeAll(ctx, docs);
+				return this.decodeAll(ctx, docs, params.withHidden);
 			},
 
 			countEntities(this: DbService, _ctx: Context, params: Pick<FindParams, "query" | "search"> = {}) {
@@ -99,9 +104,10 @@ export function DbMixin(entity: EntityDefinition): Partial<ServiceSchema> {
 				return { rows, total, page, pageSize, totalPages: Math.ceil(total / pageSize) };
 			},
 
-			async getEntity(this: DbService, ctx: Context, id: string) {
+			async getEntity(this: DbService, ctx: Context, id: string, options: { withHidden?: boolean } = {}) {
+				if (typeof id !== "string" || id.length === 0) return null;
 				const doc = await this.storeCall(() => this.adapter.findById(id));
-				return doc ? (await this.decodeAll(ctx, [doc]))[0] : null;
+				return doc ? (await this.decodeAll(ctx, [doc], options.withHidden))[0] : null;
 			},
 
 			async createEntity(this: DbService, ctx: Context, doc: Doc) {
@@ -109,6 +115,7 @@ export function DbMixin(entity: EntityDefinition): Partial<ServiceSchema> {
 				const saved = await this.storeCall(() => this.adapter.insert((this.adapter as unknown as AdapterIds).beforeSaveTransformID(encoded, "id")));
 				const [json] = await this.decodeAll(ctx, [saved]);
 				await this.entityChanged("created", json, ctx);
+				await this.emitEntityEvent(ctx, "created", json);
 				return json;
 			},
 
@@ -117,6 +124,7 @@ export function DbMixin(entity: EntityDefinition): Partial<ServiceSchema> {
 				if (!saved) return null;
 				const [json] = await this.decodeAll(ctx, [saved]);
 				await this.entityChanged("updated", json, ctx);
+				await this.emitEntityEvent(ctx, "updated", json);
 				return json;
 			},
 
@@ -134,6 +142,7 @@ export function DbMixin(entity: EntityDefinition): Partial<ServiceSchema> {
 				// Adapters disagree on what removeById answers (a count, a document), so the record is read first.
 				await this.storeCall(() => this.adapter.removeById(id));
 				await this.entityChanged("removed", json, ctx);
+				await this.emitEntityEvent(ctx, "removed", json);
 				return json;
 			},
 
@@ -144,9 +153,17 @@ export function DbMixin(entity: EntityDefinition): Partial<ServiceSchema> {
 				return count;
 			},
 
-			async decodeAll(this: DbService, ctx: Context, docs: unknown[]) {
+			async decodeAll(this: DbService, ctx: Context, docs: unknown[], withHidden = false) {
 				const json = await this.transformDocuments(ctx, {}, docs);
-				return (json as Doc[]).map(doc => codec.decode(doc));
+				return (json as Doc[]).map(doc => codec.decode(doc, withHidden));
+			},
+
+			/** `<service>.<entity>.<verb>`, emitted (balanced: one instance of each listening service gets it). */
+			async emitEntityEvent(this: DbService, ctx: Context, verb: string, json: Doc) {
+				if (!entity.event) return;
+				const user = (ctx.meta as RequestMeta | undefined)?.user;
+				const payload: EntityEvent = { entity: json, user: user ? { id: user.id, username: user.username, companyId: user.companyId } : null };
+				await ctx.emit(`${this.name}.${entity.event}.${verb}`, payload);
 			},
 
 			/** Runs a store operation, turning a unique-key violation into a 409. */

@@ -11,6 +11,17 @@
 export const AUTHENTICATED = "$authenticated";
 export const PLATFORM_ADMIN = "$platformAdmin";
 
+/**
+ * Which records of a company a user's list actions may return, from the union of the user's
+ * roles' data scopes: everything (`all`), the records of the listed departments (`deptIds`,
+ * already expanded for `deptAndChildren`), and/or the user's own records (`self`).
+ */
+export interface DataScope {
+	all: boolean;
+	deptIds: string[];
+	self: boolean;
+}
+
 /** The user a bearer token resolves to; the gateway puts it in `ctx.meta.user`. */
 export interface AuthenticatedUser {
 	id: string;
@@ -18,11 +29,42 @@ export interface AuthenticatedUser {
 	name?: string;
 	/** null for the platform administrator, who belongs to no company. */
 	companyId: string | null;
+	deptId?: string | null;
+	/** Role codes. */
 	roles: string[];
+	/** Effective permission codes: roles and grants, limited to the apps of the company's licence. */
 	permissions: string[];
 	platformAdmin?: boolean;
 	sessionId?: string;
+	dataScope?: DataScope;
+	/** Set when the company may only read (an expired licence): the reason, shown to the caller. */
+	readOnly?: string | null;
 }
+
+/**
+ * What a service declares about the permissions its actions use, in `settings.permissions`
+ * (the `auth` service assembles the catalogue from them):
+ *   settings: { app: "org", permissions: { "user:read": { description: "List and read users", member: true } } }
+ * `app` groups permissions for grants and licences (default: the service's `settings.app`);
+ * `member: true` puts the permission in the built-in `member` role.
+ */
+export interface PermissionDeclaration {
+	description: string;
+	app?: string;
+	member?: boolean;
+}
+
+/** An entry of the permission catalogue (`GET /api/auth/permissions`). */
+export interface PermissionInfo {
+	code: string;
+	service: string;
+	app: string;
+	description: string;
+	member: boolean;
+}
+
+/** Apps every company has, whatever its licence says. */
+export const CORE_APPS = ["platform", "org"];
 
 /** `security.resolveToken` params. It answers the user, or throws a 401 MoleculerClientError. */
 export interface ResolveTokenParams {
@@ -33,4 +75,6 @@ export interface ResolveTokenParams {
 export interface ActionAccess {
 	auth?: boolean;
 	permission?: string;
+	/** `false` keeps a mutating action out of the operation log (login records its own attempts). */
+	audit?: boolean;
 }

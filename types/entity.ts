@@ -24,6 +24,13 @@ export interface EntityDefinition {
 	indexes?: IndexDefinition[];
 	/** Fields the `search` list parameter looks in (case-insensitive substring). */
 	searchFields?: string[];
+	/** Fields that never leave the service by default (e.g. a password hash): see `FindParams.withHidden`. */
+	hidden?: string[];
+	/**
+	 * The entity's name in domain events: `DbMixin` emits `<service>.<event>.created|updated|removed`
+	 * (e.g. `user.user.created`) for single-record changes. Unset: no domain events.
+	 */
+	event?: string;
 }
 
 /**
@@ -46,6 +53,8 @@ export interface FindParams {
 	sort?: string[];
 	limit?: number;
 	offset?: number;
+	/** Keep the entity's `hidden` fields in the answer (for the service's own use only). */
+	withHidden?: boolean;
 }
 
 export interface ListParams {

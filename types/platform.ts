@@ -30,6 +30,22 @@ export interface HttpSettings {
 	rateLimit: RateLimitSettings;
 }
 
+export interface SecuritySettings {
+	/** HMAC secret of access tokens (`JWT_SECRET`); null = a random one per process (embedded mode only). */
+	jwtSecret: string | null;
+	/** The platform administrator (`ADMIN_USERNAME`, `ADMIN_PASSWORD`), created on first start. */
+	adminUsername: string;
+	/** null = generate one and print it once. */
+	adminPassword: string | null;
+}
+
+export interface LicenseSettings {
+	/** Ed25519 public key (PEM) licences are verified with: `LICENSE_PUBLIC_KEY` (PEM or file), else the shipped `keys/license-public.pem`. */
+	publicKey: string;
+	/** Ed25519 private key (PEM) this node issues licences with: `LICENSE_PRIVATE_KEY` (PEM or file); null = issuing is off. */
+	privateKey: string | null;
+}
+
 export interface PlatformSettings {
 	/** The platform's version (package.json). */
 	version: string;
@@ -44,6 +60,8 @@ export interface PlatformSettings {
 	/** True when this node talks to other nodes (a transporter is set). */
 	clustered: boolean;
 	http: HttpSettings;
+	security: SecuritySettings;
+	license: LicenseSettings;
 	/** Directory served at `/` by the gateway. */
 	publicDir: string;
 }

@@ -37,9 +37,12 @@ export class EntityCodec {
 		return out;
 	}
 
-	decode(doc: Doc): Doc {
+	/** The stored record as JSON; `hidden` fields are left out unless `withHidden`. */
+	decode(doc: Doc, withHidden = false): Doc {
 		const out: Doc = { id: doc.id };
+		const hidden = withHidden ? [] : (this.entity.hidden ?? []);
 		for (const name of this.fieldNames()) {
+			if (hidden.includes(name)) continue;
 			const value = doc[name];
 			if (value == null) out[name] = null;
 			else if (this.entity.fields[name].type === "json") out[name] = JSON.parse(String(value));
