@@ -6,4 +6,8 @@ export interface RequestMeta {
 	user?: AuthenticatedUser | null;
 	/** The client's IP address, as the gateway determined it. */
 	clientIp?: string;
+	/** The client's User-Agent, as the gateway received it. */
+	userAgent?: string;
+	/** moleculer-web: the HTTP status of the answer (e.g. 204). */
+	$statusCode?: number;
 }

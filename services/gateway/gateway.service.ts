@@ -12,9 +12,16 @@ import type { RequestMeta } from "../../types/context";
 import type { PlatformSettings } from "../../types/platform";
 import { buildOpenApi, type PublishedRoute } from "./openapi";
 import { GatewayRateLimiter, type LimitResult } from "./rate-limiter";
+import { PrincipalCache } from "./principal-cache";
+import type { SessionsRevokedEvent } from "../../types/org";
 
 /** Services the platform cannot serve requests without; `GET /api/ready` answers 503 until all are up. */
-const REQUIRED_SERVICES = ["config", "registry"];
+const REQUIRED_SERVICES = ["config", "registry", "security"];
+/** How long a resolved token is trusted without asking `security` again (events evict entries sooner). */
+const PRINCIPAL_CACHE_SECONDS = 60;
+/** Changes to these services' records can change what a signed-in user may do. */
+const ACCESS_SERVICES = ["user", "role", "auth", "dept", "company", "license"];
+const READ_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 type Req = IncomingMessage & {
@@ -30,6 +37,7 @@ type Gateway = Service & {
 	sendError(req: Req, res: Res, err: Error): void;
 	platform: PlatformSettings;
 	limiter: GatewayRateLimiter;
+	principals: PrincipalCache;
 	trust: (addr: string, i: number) => boolean;
 	aliases: Alias[];
 	server: import("node:http").Server;
@@ -130,6 +138,19 @@ const GatewayService = serviceSchema({
 		},
 	},
 
+	events: {
+		/** Revoked sessions stop working on this node at once. */
+		"security.session.revoked"(this: Gateway, ctx: Context<SessionsRevokedEvent>) {
+			const { sessionIds, userId, companyId } = ctx.params;
+			this.principals.forgetSessions(sessionIds ?? []);
+			if (userId || companyId) this.principals.forgetWhere(u => u.id === userId || (companyId != null && u.companyId === companyId));
+		},
+		/** A change to users, roles, grants, departments, companies or licences: every cached principal is resolved afresh. */
+		"cache.clean.*"(this: Gateway, ctx: Context) {
+			if (ACCESS_SERVICES.includes(String(ctx.eventName).slice("cache.clean.".length))) this.principals.flush();
+		},
+	},
+
 	methods: {
 		/**
 		 * moleculer-web logs every 5xx as an error. A 503 NOT_READY is the expected answer to a
@@ -163,18 +184,27 @@ const GatewayService = serviceSchema({
 		async beforeCall(this: Gateway, ctx: Context<unknown, RequestMeta>, _route: unknown, req: Req, res: Res) {
 			const ip = this.clientIp(req);
 			ctx.meta.clientIp = ip;
+			const agent = req.headers["user-agent"];
+			if (agent) ctx.meta.userAgent = agent.slice(0, 200);
 			this.applyLimit(res, await this.limiter.consumeIp(ip));
 		},
 
-		/** A bearer token becomes `ctx.meta.user` through `security.resolveToken`; public actions skip it. */
+		/**
+		 * A bearer token becomes `ctx.meta.user` through `security.resolveToken`, cached per node
+		 * (see PrincipalCache); public actions skip it.
+		 */
 		async authenticate(this: Gateway, ctx: Context<unknown, RequestMeta>, _route: unknown, req: Req): Promise<AuthenticatedUser | null> {
 			if (req.$action && isPublic(req.$action)) return null;
 			const header = req.headers.authorization;
 			if (!header) return null;
 			const match = /^Bearer ([A-Za-z0-9._~+/=-]{1,4096})$/.exec(header);
 			if (!match) throw new Errors.MoleculerClientError("The Authorization header must be 'Bearer <accessToken>'", 401, "INVALID_TOKEN");
+			const cached = this.principals.get(match[1]);
+			if (cached) return cached;
 			try {
-				return await ctx.call<AuthenticatedUser, { token: string }>("security.resolveToken", { token: match[1] });
+				const user = await ctx.call<AuthenticatedUser, { token: string }>("security.resolveToken", { token: match[1] });
+				this.principals.set(match[1], user);
+				return user;
 			} catch (err) {
 				// No security service, no access: a token that cannot be checked is refused.
 				if (err instanceof Errors.ServiceNotFoundError || err instanceof Errors.ServiceNotAvailableError)
@@ -187,7 +217,7 @@ const GatewayService = serviceSchema({
 		async authorize(this: Gateway, ctx: Context<unknown, RequestMeta>, _route: unknown, req: Req, res: Res) {
 			const action = req.$action;
 			if (!action) throw new Errors.MoleculerClientError("Forbidden", 403, "FORBIDDEN");
-			assertAccess(ctx.meta.user, action, action.name);
+			assertAccess(ctx.meta.user, action, action.name, { mutating: !READ_METHODS.has(req.method ?? "GET") });
 			if (ctx.meta.user) this.applyLimit(res, await this.limiter.consumeUser(ctx.meta.user.id));
 		},
 
@@ -281,6 +311,7 @@ const GatewayService = serviceSchema({
 	created(this: Gateway) {
 		this.platform = this.broker.options.platform!;
 		this.trust = proxyAddr.compile(this.platform.http.trustedProxies);
+		this.principals = new PrincipalCache(PRINCIPAL_CACHE_SECONDS);
 		this.limiter = new GatewayRateLimiter(this.platform.http.rateLimit, this.platform.redisUrl, `${this.broker.namespace || "cnbicloud"}:ratelimit`);
 	},
 
@@ -289,6 +320,7 @@ const GatewayService = serviceSchema({
 	},
 
 	async stopped(this: Gateway) {
+		this.principals.close();
 		await this.limiter.close();
 	},
 });
