@@ -179,7 +179,8 @@ export function DbMixin(entity: EntityDefinition): Partial<ServiceSchema> {
 
 			checkSortable(this: DbService, sort: string[] | undefined) {
 				for (const key of sort ?? []) {
-					if (!codec.hasField(key.replace(/^-/, "")))
+					const field = key.replace(/^-/, "");
+					if (!codec.hasField(field) || entity.hidden?.includes(field))
 						throw new Errors.MoleculerClientError(`Cannot sort by '${key}'`, 422, "VALIDATION_ERROR", { field: "sort", value: key });
 				}
 				return sort?.length ? sort : undefined;

@@ -39,6 +39,8 @@ export interface AuthenticatedUser {
 	dataScope?: DataScope;
 	/** Set when the company may only read (an expired licence): the reason, shown to the caller. */
 	readOnly?: string | null;
+	/** When the company's licence expires (null: no licence, no expiry); past it the company is read-only. */
+	licenseExpiresAt?: string | null;
 }
 
 /**

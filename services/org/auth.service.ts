@@ -234,7 +234,7 @@ const AuthService = serviceSchema({
 			const base = { id: user.id, username: user.username, name: user.name, companyId: user.companyId, deptId: user.deptId };
 			if (user.platformAdmin) {
 				const all: DataScope = { all: true, deptIds: [], self: true };
-				return { ...base, roles: [PLATFORM_ADMIN_ROLE], permissions: this.catalogue().map(p => p.code), platformAdmin: true, dataScope: all, readOnly: null };
+				return { ...base, roles: [PLATFORM_ADMIN_ROLE], permissions: this.catalogue().map(p => p.code), platformAdmin: true, dataScope: all, readOnly: null, licenseExpiresAt: null };
 			}
 
 			const companyId = user.companyId!;
@@ -278,10 +278,9 @@ const AuthService = serviceSchema({
 			if (!scope.all && deptIds.size === 0) scope.self = true;
 			scope.deptIds = scope.all ? [] : [...deptIds];
 
-			const readOnly = license.expired
-				? `The company's licence expired on ${license.expiresAt?.slice(0, 10)}: the company is read-only until a new licence is installed`
-				: null;
-			return { ...base, roles: roles.map(r => r.code), permissions, platformAdmin: false, dataScope: scope, readOnly };
+			// Read-only follows from the expiry date at each check (lib/access.ts), so a cached principal turns read-only on time.
+			const licenseExpiresAt = license.licensed ? license.expiresAt : null;
+			return { ...base, roles: roles.map(r => r.code), permissions, platformAdmin: false, dataScope: scope, readOnly: null, licenseExpiresAt };
 		},
 
 		async checkSubject(this: Svc, ctx: Ctx, companyId: string, type: GrantSubject, id: string) {

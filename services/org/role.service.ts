@@ -157,6 +157,17 @@ const RoleService = serviceSchema({
 			},
 		},
 
+		/** The ids of a company's built-in roles by code. */
+		builtinIds: {
+			visibility: "public",
+			params: { companyId: idParam },
+			cache: { keys: ["companyId"] },
+			async handler(this: Svc, ctx: Ctx<{ companyId: string }>) {
+				const roles = await this.findEntities(ctx, { query: { companyId: ctx.params.companyId, builtin: true } });
+				return Object.fromEntries(roles.map(r => [r.code, r.id]));
+			},
+		},
+
 		/** The built-in roles of a new company. */
 		seedCompany: {
 			visibility: "public",

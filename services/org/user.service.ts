@@ -8,7 +8,7 @@ import { and, dataScopeQuery } from "../../lib/org/scope";
 import { serviceSchema } from "../../lib/service";
 import type { RequestMeta } from "../../types/context";
 import type { EntityDefinition, Query } from "../../types/entity";
-import type { CompanyLicense, EntityEvent, Status, UserCredentials } from "../../types/org";
+import { MEMBER_ROLE, type CompanyLicense, type EntityEvent, type Status, type UserCredentials } from "../../types/org";
 
 const UserEntity: EntityDefinition = {
 	name: "users",
@@ -315,6 +315,8 @@ const UserService = serviceSchema({
 				throw clientError(`The username '${params.username}' is taken`, 409, "USERNAME_TAKEN", { field: "username" });
 			await this.checkDept(ctx, companyId, params.deptId);
 			await this.checkRoles(ctx, companyId, params.roleIds);
+			// A user given no role is a member.
+			const roleIds = params.roleIds?.length ? params.roleIds : [(await ctx.call<Record<string, string>, object>("role.builtinIds", { companyId }))[MEMBER_ROLE]].filter(Boolean);
 
 			const license = await ctx.call<CompanyLicense, object>("license.forCompany", { companyId });
 			const seatsFull = async () => (await this.countEntities(ctx, { query: { companyId } })) > license.seats;
@@ -330,7 +332,7 @@ const UserService = serviceSchema({
 				email: params.email ?? null,
 				phone: params.phone ?? null,
 				deptId: params.deptId ?? null,
-				roleIds: params.roleIds ?? [],
+				roleIds,
 				status: "enabled",
 				platformAdmin: false,
 				passwordHash: await hashPassword(params.password),
