@@ -9,6 +9,8 @@ export type Channel = "websocket" | "tcp";
 export interface Connection {
 	connectionId: string;
 	sessionId: string;
+	/** The session's user, so that a disconnect can say when the user was last seen. */
+	userId: string;
 	channel: Channel;
 	/** The node holding the connection: its connections go when it leaves the cluster. */
 	nodeID: string;

@@ -69,5 +69,5 @@ export class MemoryPresenceStore extends PresenceStore {
 }
 
 function strip(c: Connection & { expiresAt?: number }): Connection {
-	return { connectionId: c.connectionId, sessionId: c.sessionId, channel: c.channel, nodeID: c.nodeID, since: c.since };
+	return { connectionId: c.connectionId, sessionId: c.sessionId, userId: c.userId, channel: c.channel, nodeID: c.nodeID, since: c.since };
 }
