@@ -11,6 +11,7 @@ import path from "node:path";
 import type { BrokerOptions, LoggerConfig, MetricRegistryOptions, Middleware, TracerOptions } from "moleculer";
 import type { PlatformSettings, StoreSettings } from "./types/platform";
 import IdempotentRetryMiddleware from "./middlewares/idempotent-retry.middleware";
+import AuditMiddleware from "./middlewares/audit.middleware";
 import { PrometheusTextReporter } from "./lib/metrics/prometheus-text.reporter";
 
 type Env = Record<string, string | undefined>;
@@ -203,7 +204,8 @@ export function createBrokerConfig(env: Env = process.env): BrokerOptions {
 		tracing: tracing(env, nodeEnv),
 
 		// Moleculer's typings have no shape for hook-only middlewares such as this one.
-		middlewares: [IdempotentRetryMiddleware as unknown as Middleware],
+		// Audit: every mutating call from a client is recorded by event (the `log` service keeps it).
+		middlewares: [IdempotentRetryMiddleware as unknown as Middleware, AuditMiddleware as unknown as Middleware],
 		replCommands: null,
 
 		platform: createPlatformSettings(env),
