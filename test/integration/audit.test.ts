@@ -369,7 +369,7 @@ describe("audit log", () => {
 	});
 
 	describe("hash chain", () => {
-		const ctxOf = () => app.broker.ContextFactory.create(app.broker, null, {}, {});
+		const ctxOf = () => app.broker.ContextFactory.create(app.broker, null as never, {}, {});
 		const logService = () => app.broker.getLocalService("log") as any;
 		const recordAt = async (chain: string, seq: number) => (await logService().findEntities(ctxOf(), { query: { chain, seq } }))[0];
 
