@@ -126,7 +126,8 @@ const LogService = serviceSchema({
 		verify: {
 			rest: "GET /verify",
 			permission: "log:verify",
-			idempotent: true,
+			// Reads whole chains: more time than a usual call, and no retries (a timed-out check would run again in full).
+			timeout: 60_000,
 			description: "Whether the audit chain of my company (the platform administrator: every chain, or `companyId`'s) is intact, and where it first breaks.",
 			params: { $$strict: true, companyId: companyIdParam },
 			async handler(this: Svc, ctx: Ctx<{ companyId?: string }>) {
@@ -144,6 +145,7 @@ const LogService = serviceSchema({
 
 		purge: {
 			visibility: "public",
+			timeout: 300_000,
 			description: "Retention: removes the records older than `before` (default: `retentionDays` of the `log` namespace) from the start of every chain.",
 			params: { $$strict: true, before: dateParam },
 			async handler(this: Svc, ctx: Ctx<{ before?: string }>) {

@@ -366,6 +366,13 @@ describe("audit log", () => {
 			assert.equal((await api(app, "GET", "/api/logs/verify", "a-dept")).status, 403, "verify takes log:verify");
 			assert.equal((await api(app, "DELETE", "/api/logs/operations", "root")).status, 404, "no route removes records");
 		});
+
+		it("publishes exactly the three log routes in the OpenAPI document", async () => {
+			const doc = (await (await fetch(`${app.url}/api/openapi.json`)).json()) as any;
+			const logPaths = Object.keys(doc.paths).filter(p => p.startsWith("/api/logs"));
+			assert.deepEqual(logPaths.sort(), ["/api/logs/logins", "/api/logs/operations", "/api/logs/verify"]);
+			for (const path of logPaths) assert.deepEqual(Object.keys(doc.paths[path]), ["get"], path);
+		});
 	});
 
 	describe("hash chain", () => {
