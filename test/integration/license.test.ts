@@ -80,6 +80,8 @@ function orgStubs(companies: Map<string, string | null>, users: Map<string, numb
 	];
 }
 
+const forCompany = (broker: ServiceBroker, companyId: string) => broker.call<CompanyLicense, { companyId: string }>("license.forCompany", { companyId });
+
 async function api(gw: RunningGateway, method: string, path: string, token: string, body?: unknown) {
 	const res = await fetch(gw.url + path, {
 		method,
@@ -176,19 +178,18 @@ describe("licences over HTTP", () => {
 		const res = await api(gw, "GET", "/api/licenses/current", "c1admin");
 		assert.equal(res.status, 200);
 		assert.deepEqual(res.body, { companyId: "c1", licensed: false, claims: null, seats: 5, seatsUsed: 4, features: null, expired: false, expiresAt: null });
-		const forCompany = await gw.broker.call<CompanyLicense, { companyId: string }>("license.forCompany", { companyId: "c2" });
-		assert.deepEqual(forCompany, { licensed: false, claims: null, seats: 5, features: null, expired: false, expiresAt: null });
+		assert.deepEqual(await forCompany(gw.broker, "c2"), { licensed: false, claims: null, seats: 5, features: null, expired: false, expiresAt: null });
 	});
 
 	it("follows the key installed on a company, its cached answer cleaned when the company changes", async () => {
 		const key = signed({ seats: 3, features: ["chat"] });
-		assert.equal((await gw.broker.call<CompanyLicense>("license.forCompany", { companyId: "c1" })).licensed, false);
+		assert.equal((await forCompany(gw.broker, "c1")).licensed, false);
 		// Changed without the company's event: the cached answer stands (forCompany is cached).
 		companies.set("c1", key);
-		assert.equal((await gw.broker.call<CompanyLicense>("license.forCompany", { companyId: "c1" })).licensed, false);
+		assert.equal((await forCompany(gw.broker, "c1")).licensed, false);
 		// The company service's change event cleans it.
 		await gw.broker.call("company.setKey", { companyId: "c1", licenseKey: key });
-		await waitFor(async () => (await gw.broker.call<CompanyLicense>("license.forCompany", { companyId: "c1" })).licensed, "the cache to be cleaned", 2_000);
+		await waitFor(async () => (await forCompany(gw.broker, "c1")).licensed, "the cache to be cleaned", 2_000);
 
 		const current = await api(gw, "GET", "/api/licenses/current", "c1admin");
 		assert.equal(current.body.licensed, true);
@@ -202,8 +203,8 @@ describe("licences over HTTP", () => {
 
 	it("reports an expired licence as licensed and expired, keeping its seats and apps", async () => {
 		await gw.broker.call("company.setKey", { companyId: "c2", licenseKey: signed({ seats: 50, features: ["bi"], issuedAt: inDays(-400), expiresAt: inDays(-35) }) });
-		await waitFor(async () => (await gw.broker.call<CompanyLicense>("license.forCompany", { companyId: "c2" })).licensed, "the new key");
-		const license = await gw.broker.call<CompanyLicense>("license.forCompany", { companyId: "c2" });
+		await waitFor(async () => (await forCompany(gw.broker, "c2")).licensed, "the new key");
+		const license = await forCompany(gw.broker, "c2");
 		assert.equal(license.expired, true);
 		assert.equal(license.seats, 50);
 		assert.deepEqual(license.features, ["platform", "org", "bi"]);
@@ -212,7 +213,7 @@ describe("licences over HTTP", () => {
 
 	it("falls back to the evaluation allowance when an installed key no longer verifies", async () => {
 		await gw.broker.call("company.setKey", { companyId: "c2", licenseKey: signed({ seats: 900 }, stranger.privateKey) });
-		await waitFor(async () => (await gw.broker.call<CompanyLicense>("license.forCompany", { companyId: "c2" })).seats === 5, "the new key");
+		await waitFor(async () => (await forCompany(gw.broker, "c2")).seats === 5, "the new key");
 		const current = await api(gw, "GET", "/api/licenses/current", "c2admin");
 		assert.equal(current.body.licensed, false);
 		assert.equal(current.body.features, null);
