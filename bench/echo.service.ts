@@ -10,11 +10,17 @@ import type { ServiceSchema } from "moleculer";
 
 const EchoService: ServiceSchema = {
 	name: "echo",
-	settings: { rest: "/bench" },
+	settings: { rest: "/bench", app: "bench", permissions: { "bench:read": { description: "Call the bench's guarded ping" } } },
 	actions: {
 		ping: {
 			rest: "GET /ping",
 			auth: false,
+			handler: () => ({ pong: true, at: Date.now() }),
+		},
+		/** The same answer behind a permission: the difference to `ping` is the token and permission check. */
+		guardedPing: {
+			rest: "GET /guarded-ping",
+			permission: "bench:read",
 			handler: () => ({ pong: true, at: Date.now() }),
 		},
 	},

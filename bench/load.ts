@@ -34,12 +34,18 @@ class Latencies {
 	}
 }
 
-/** GET `url` over `connections` keep-alive connections for `seconds` (autocannon, in this process). */
-export function httpLoad(url: string, connections: number, seconds: number): Promise<LoadResult> {
+export interface HttpRequest {
+	method?: "GET" | "POST";
+	headers?: Record<string, string>;
+	body?: string;
+}
+
+/** Requests `url` (GET unless told) over `connections` keep-alive connections for `seconds` (autocannon, in this process). */
+export function httpLoad(url: string, connections: number, seconds: number, request: HttpRequest = {}): Promise<LoadResult> {
 	const latencies = new Latencies();
 	let firstError: string | undefined;
 	return new Promise((resolve, reject) => {
-		const instance = autocannon({ url, connections, duration: seconds, timeout: 10 }, (err, result) => {
+		const instance = autocannon({ url, connections, duration: seconds, timeout: 10, ...request }, (err, result) => {
 			if (err) return reject(err);
 			const errors = result.errors + result.non2xx;
 			if (!firstError && result.non2xx) firstError = `non-2xx answers: ${JSON.stringify(result.statusCodeStats ?? {})}`;

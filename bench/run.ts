@@ -6,6 +6,11 @@
  *   2. baseline: the same `echo.ping` called directly over NATS from a broker in this process
  *   3. baseline: a bare node:http server (its own process) answering the same JSON
  *
+ * and what signing in costs: the same ping behind a permission (a company administrator's token,
+ * checked by the gateway from its per-node cache), `security.resolveToken` called directly (the
+ * cost of a cache miss: JWT, session, principal), and logins (scrypt) through the gateway, served
+ * by a node running the platform and org groups.
+ *
  * nats-server (Debian's package) and every node run on loopback on free ports; all of them are
  * stopped at the end, also on error or Ctrl-C, and a detached reaper (reaper.ts) stops them even
  * if this process is killed outright. The load is generated in this process: autocannon
@@ -28,6 +33,9 @@ const ROOT = path.resolve(__dirname, "..");
 const RUNNER = "node_modules/moleculer/bin/moleculer-runner.js";
 const CONFIG = "dist/moleculer.config.js";
 const PING_PATH = "/api/bench/ping";
+const GUARDED_PATH = "/api/bench/guarded-ping";
+const BENCH_ADMIN_PASSWORD = "Bench-admin-1";
+const MEMBER_PASSWORD = "Bench-member-1";
 
 function setting(name: string, fallback: number, min: number): number {
 	const raw = process.env[name];
@@ -39,6 +47,7 @@ function setting(name: string, fallback: number, min: number): number {
 const DURATION = setting("BENCH_DURATION", 10, 1);
 const WARMUP = setting("BENCH_WARMUP", 2, 0);
 const CONNECTIONS = Math.round(setting("BENCH_CONNECTIONS", 50, 1));
+const LOGIN_CONNECTIONS = Math.min(CONNECTIONS, 4);
 /** Given to every node when set: Moleculer's per-call metrics are a large part of the cost. */
 const METRICS: Record<string, string> = process.env.BENCH_METRICS ? { METRICS: process.env.BENCH_METRICS } : {};
 
@@ -92,6 +101,33 @@ async function scenario(name: string, serving: Record<string, number>, load: (se
 	const rss = sampler.stop();
 	console.log(`${Math.round(result.rps)} req/s`);
 	return { name, result, rss };
+}
+
+/**
+ * A company with an administrator, through the API as a client would do it: the administrator's
+ * access token for the guarded route, and a login body for the login scenario.
+ */
+async function signIn(base: string): Promise<{ token: string; loginBody: string }> {
+	const post = async (path: string, body: unknown, token?: string) => {
+		const res = await fetch(base + path, {
+			method: "POST",
+			headers: { "Content-Type": "application/json", ...(token ? { Authorization: `Bearer ${token}` } : {}) },
+			body: JSON.stringify(body),
+		});
+		const json = (await res.json()) as Record<string, unknown>;
+		if (res.status !== 200) throw new Error(`POST ${path}: ${res.status} ${JSON.stringify(json)}`);
+		return json;
+	};
+	let admin: Record<string, unknown> = {};
+	await waitFor(async () => {
+		const res = await fetch(`${base}/api/auth/login`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ username: "admin", password: BENCH_ADMIN_PASSWORD }) });
+		if (res.status === 200) admin = (await res.json()) as Record<string, unknown>;
+		return res.status === 200;
+	}, "the platform administrator's login", 30_000);
+	const login = { username: "bench-admin", password: MEMBER_PASSWORD };
+	await post("/api/companies", { name: "Bench", code: "bench", admin: { ...login, name: "Bench admin" } }, admin.accessToken as string);
+	const member = await post("/api/auth/login", login);
+	return { token: member.accessToken as string, loginBody: JSON.stringify(login) };
 }
 
 function printTable(rows: Row[]): void {
@@ -151,6 +187,12 @@ async function main(): Promise<void> {
 	}), ROOT);
 	cleanups.push(() => gateway.stop());
 
+	// Process C: the platform and org node groups (security, users, roles, …) for the signed-in scenarios.
+	const org = new BenchProcess("platform+org node", [RUNNER, "--config", CONFIG, "dist/services/platform", "dist/services/org"], childEnv({
+		NODE_ID: "bench-org", TRANSPORTER: nats.url, DATA_DIR: path.join(tmp, "org"), ADMIN_PASSWORD: BENCH_ADMIN_PASSWORD, JWT_SECRET: "bench-secret",
+	}), ROOT);
+	cleanups.push(() => org.stop());
+
 	const barePort = await freePort();
 	const bare = new BenchProcess("bare http server", [bareJs], childEnv({ PORT: String(barePort) }), ROOT);
 	cleanups.push(() => bare.stop());
@@ -173,11 +215,16 @@ async function main(): Promise<void> {
 	await waitForPong(bareUrl, bare);
 	const pong = (await client.call("echo.ping")) as { pong?: unknown };
 	if (pong.pong !== true) throw new Error(`echo.ping answered ${JSON.stringify(pong)}`);
-	console.log("All up (nats-server, gateway node, echo node, bare server, client broker). Loading:");
+	await Promise.race([client.waitForServices(["security", "user", "auth", "company"], 30_000), org.failOnExit()]);
+	const base = `http://127.0.0.1:${gatewayPort}`;
+	const { token, loginBody } = await signIn(base);
+	const guardedUrl = `${base}${GUARDED_PATH}`;
+	await waitFor(async () => (await fetch(guardedUrl, { headers: { Authorization: `Bearer ${token}` } })).status === 200, "the guarded ping", 30_000);
+	console.log("All up (nats-server, gateway node, echo node, platform+org node, bare server, client broker). Loading:");
 
 	// Figures from a node that died under load mean nothing: check after every scenario.
 	const alive = <T>(row: T): T => {
-		for (const proc of [echo, gateway, bare]) if (!proc.running) throw new Error(`${proc.name} died during the run:\n${proc.output()}`);
+		for (const proc of [echo, gateway, org, bare]) if (!proc.running) throw new Error(`${proc.name} died during the run:\n${proc.output()}`);
 		return row;
 	};
 	const rows = [
@@ -186,6 +233,17 @@ async function main(): Promise<void> {
 			callLoad(() => client.call("echo.ping"), CONNECTIONS, s))),
 		alive(await scenario("HTTP → gateway → NATS → echo", { gateway: gateway.pid, echo: echo.pid, nats: natsPid }, s =>
 			httpLoad(gatewayUrl, CONNECTIONS, s))),
+	];
+	// Signed in: the same ping behind a permission (the gateway's cached token check), a token resolved
+	// afresh every time (what a cache miss costs), and logins (scrypt).
+	const authRows = [
+		alive(await scenario("HTTP + token + permission → echo", { gateway: gateway.pid, echo: echo.pid, nats: natsPid }, s =>
+			httpLoad(guardedUrl, CONNECTIONS, s, { headers: { Authorization: `Bearer ${token}` } }))),
+		alive(await scenario("security.resolveToken over NATS (uncached)", { org: org.pid, nats: natsPid }, s =>
+			callLoad(() => client.call("security.resolveToken", { token }), CONNECTIONS, s))),
+		// scrypt runs on libuv's 4 threads: more concurrent logins than that only queue.
+		alive(await scenario(`HTTP login → gateway → security (${LOGIN_CONNECTIONS} conn.)`, { gateway: gateway.pid, org: org.pid, nats: natsPid }, s =>
+			httpLoad(`${base}/api/auth/login`, LOGIN_CONNECTIONS, s, { method: "POST", headers: { "Content-Type": "application/json" }, body: loginBody }))),
 	];
 
 	printTable(rows);
@@ -197,6 +255,12 @@ async function main(): Promise<void> {
 		return `${ms >= 0 ? "+" : "−"}${Math.abs(ms).toFixed(2)} ms`;
 	};
 	console.log(`Gateway p50 latency: ${added(directRow)} over the direct NATS call, ${added(bareRow)} over the bare HTTP server.`);
+	printTable(authRows);
+	const [guardedRow] = authRows;
+	const checkMs = guardedRow.result.p50 - gatewayRow.result.p50;
+	console.log(`\nToken and permission check (cached principal): ${checkMs >= 0 ? "+" : "−"}${Math.abs(checkMs).toFixed(2)} ms at p50, ` +
+		`${(guardedRow.result.rps / gatewayRow.result.rps).toFixed(2)} × the unguarded route's throughput.`);
+	rows.push(...authRows);
 	for (const row of rows) if (row.result.firstError) console.log(`First error in '${row.name}': ${row.result.firstError}`);
 	console.log(
 		`\nThe load generator (autocannon, the client broker) runs in this process and shares the ${cpus.length} CPUs with ` +

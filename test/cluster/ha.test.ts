@@ -1,6 +1,7 @@
 /**
- * Proof of HA with real processes: a nats-server, PostgreSQL as the shared store, two nodes of the
- * stateful `platform` group and a gateway node in front, all started by scripts/node.sh.
+ * Proof of HA with real processes: a nats-server, PostgreSQL as the shared store, Redis for the
+ * sessions, two nodes of the stateful `platform` and `org` groups and a gateway node in front, all
+ * started by scripts/node.sh.
  *
  * - One platform node is SIGKILLed while clients load the gateway: no client request fails
  *   (`config.get` is idempotent, so a call lost with the dead node times out and is retried on
@@ -13,9 +14,9 @@ import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import type { ServiceBroker } from "moleculer";
 import { createTestBroker } from "../support/broker";
-import { ClusterNode, request, SECURITY_STUB } from "../support/cluster";
-import { bearer } from "../support/security.stub";
-import { freePort, startNats, testPostgres, waitFor, type PostgresServer, type ServerProcess } from "../support/servers";
+import { ClusterNode, request } from "../support/cluster";
+import { ADMIN_PASSWORD, Api } from "../support/org";
+import { freePort, startNats, startRedis, testPostgres, waitFor, type PostgresServer, type ServerProcess } from "../support/servers";
 
 const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms));
 
@@ -26,6 +27,9 @@ interface LoadReport {
 	maxMs: number;
 }
 
+/** The platform administrator's `Authorization` header, once signed in. */
+let auth: Record<string, string> = {};
+
 /** `clients` loops calling GET `url` back to back until `stop()`; answers what they saw. */
 function load(url: string, clients: number, expect: (body: unknown) => boolean) {
 	let running = true;
@@ -34,7 +38,7 @@ function load(url: string, clients: number, expect: (body: unknown) => boolean) 
 		while (running) {
 			const t0 = performance.now();
 			try {
-				const res = await request(url, bearer("reader-token"));
+				const res = await request(url, auth);
 				if (res.status !== 200 || !expect(res.body)) report.failures.push({ status: res.status, body: res.body });
 			} catch (err) {
 				report.failures.push({ status: 0, body: String(err) });
@@ -67,6 +71,7 @@ const retriesBy = (observer: ServiceBroker, nodeID: string) => counted(observer,
 
 describe("HA over real NATS and PostgreSQL", () => {
 	let nats: ServerProcess & { url: string };
+	let redis: ServerProcess & { url: string };
 	let pg: PostgresServer & { owned: boolean };
 	let observer: ServiceBroker;
 	let gatewayUrl: string;
@@ -86,9 +91,13 @@ describe("HA over real NATS and PostgreSQL", () => {
 
 	before(async () => {
 		nats = await startNats();
+		redis = await startRedis();
 		pg = await testPostgres();
 		const env = {
 			TRANSPORTER: nats.url,
+			REDIS_URL: redis.url,
+			JWT_SECRET: randomUUID(),
+			ADMIN_PASSWORD,
 			DATABASE_URL: await pg.createDatabase("cluster_ha"),
 			NAMESPACE: `ha-${randomUUID().slice(0, 8)}`,
 			// Shorter than the default so that the test waits less for a call lost with a dead node.
@@ -99,9 +108,9 @@ describe("HA over real NATS and PostgreSQL", () => {
 		};
 		const port = await freePort();
 		gatewayUrl = `http://127.0.0.1:${port}`;
-		platformA = new ClusterNode("platform-a", { groups: ["platform"], env });
-		nodes.push(platformA, new ClusterNode("platform-b", { groups: ["platform"], env }));
-		const gateway = new ClusterNode("gateway-1", { groups: ["gateway", SECURITY_STUB], env: { ...env, PORT: String(port), HOST: "127.0.0.1" } });
+		platformA = new ClusterNode("platform-a", { groups: ["platform", "org"], env });
+		nodes.push(platformA, new ClusterNode("platform-b", { groups: ["platform", "org"], env }));
+		const gateway = new ClusterNode("gateway-1", { groups: ["gateway"], env: { ...env, PORT: String(port), HOST: "127.0.0.1" } });
 		nodes.push(gateway);
 		nodes.forEach(n => n.start());
 
@@ -112,7 +121,9 @@ describe("HA over real NATS and PostgreSQL", () => {
 			throw new Error(`${err.message}; seen: ${configNodes().join()}\n${nodes.map(n => `--- ${n.nodeID}\n${n.process?.output()}`).join("\n")}`);
 		});
 
-		const put = await request(configUrl(), { ...bearer("admin-token"), "Content-Type": "application/json" }, {
+		const admin = await new Api(gatewayUrl).login("admin", ADMIN_PASSWORD);
+		auth = { Authorization: `Bearer ${admin.token}` };
+		const put = await request(configUrl(), { ...auth, "Content-Type": "application/json" }, {
 			method: "PUT",
 			body: JSON.stringify({ values: value }),
 		});
@@ -123,6 +134,7 @@ describe("HA over real NATS and PostgreSQL", () => {
 		await Promise.all(nodes.map(n => n.stop()));
 		await observer?.stop();
 		await nats?.stop();
+		await redis?.stop();
 		if (pg?.owned) await pg.stop();
 	});
 
@@ -169,12 +181,12 @@ describe("HA over real NATS and PostgreSQL", () => {
 	});
 
 	it("reconnects every node by itself when nats-server is down for a few seconds", async () => {
-		assert.equal((await request(configUrl(), bearer("reader-token"))).status, 200);
+		assert.equal((await request(configUrl(), auth)).status, 200);
 		await nats.stop("SIGKILL");
 		await sleep(3_000);
 		await nats.start();
 
-		await waitFor(async () => (await request(configUrl(), bearer("reader-token"))).status === 200, "a request through the cluster to succeed again", 30_000);
+		await waitFor(async () => (await request(configUrl(), auth)).status === 200, "a request through the cluster to succeed again", 30_000);
 		await waitFor(() => configNodes().join() === "platform-a,platform-b", "both platform nodes to be seen again", 30_000);
 		const run = load(configUrl(), 8, isValue);
 		await sleep(2_000);

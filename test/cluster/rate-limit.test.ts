@@ -5,8 +5,8 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
-import { ClusterNode, request, SECURITY_STUB } from "../support/cluster";
-import { bearer } from "../support/security.stub";
+import { ClusterNode, request } from "../support/cluster";
+import { ADMIN_PASSWORD } from "../support/org";
 import { freePort, startNats, startRedis, testPostgres, type PostgresServer, type ServerProcess } from "../support/servers";
 
 const PER_IP = 10;
@@ -18,6 +18,15 @@ describe("rate limits across two gateway nodes with REDIS_URL", () => {
 	let pg: PostgresServer & { owned: boolean };
 	const nodes: ClusterNode[] = [];
 	const urls: string[] = [];
+	/** Two signed-in users: the platform administrator and a company's administrator. */
+	const tokens: string[] = [];
+
+	/** A JSON request from its own address (setup must not spend the budgets under test). */
+	const post = async (path: string, body: unknown, from: string, token?: string) => {
+		const res = await request(`${urls[0]}${path}`, { "Content-Type": "application/json", "X-Forwarded-For": from, ...(token ? { Authorization: `Bearer ${token}` } : {}) }, { method: "POST", body: JSON.stringify(body) });
+		assert.equal(res.status, 200, `${path}: ${JSON.stringify(res.body)}`);
+		return res.body as Record<string, unknown>;
+	};
 
 	before(async () => {
 		[nats, redis, pg] = await Promise.all([startNats(), startRedis(), testPostgres()]);
@@ -30,15 +39,24 @@ describe("rate limits across two gateway nodes with REDIS_URL", () => {
 			RATE_LIMIT_PER_IP: String(PER_IP),
 			RATE_LIMIT_PER_USER: String(PER_USER),
 			RATE_LIMIT_WINDOW: "600",
+			JWT_SECRET: randomUUID(),
+			ADMIN_PASSWORD,
 		};
 		for (const name of ["gateway-1", "gateway-2"]) {
 			const port = await freePort();
 			urls.push(`http://127.0.0.1:${port}`);
-			// Each gateway node also runs the platform group (config on PostgreSQL), so both can serve a user's request.
-			nodes.push(new ClusterNode(name, { groups: ["gateway", "platform", SECURITY_STUB], env: { ...env, PORT: String(port), HOST: "127.0.0.1" } }));
+			// Each gateway node also runs the platform and org groups (on PostgreSQL and Redis), so both can serve a user's request.
+			nodes.push(new ClusterNode(name, { groups: ["gateway", "platform", "org"], env: { ...env, PORT: String(port), HOST: "127.0.0.1" } }));
 		}
 		nodes.forEach(n => n.start());
-		await Promise.all(nodes.map((n, i) => n.started(async () => (await request(`${urls[i]}/api/ready`)).status === 200, "ready")));
+		// Readiness probes from addresses of their own: the limits under test stay untouched.
+		await Promise.all(nodes.map((n, i) => n.started(async () => (await request(`${urls[i]}/api/ready`, { "X-Forwarded-For": `192.0.2.${i + 1}` })).status === 200, "ready")));
+		const admin = await post("/api/auth/login", { username: "admin", password: ADMIN_PASSWORD }, "192.0.2.10");
+		const code = `rl-${randomUUID().slice(0, 8)}`;
+		await post("/api/companies", { name: "Rate limits", code, admin: { username: `${code}-admin`, password: "Company-admin-1", name: "A" } }, "192.0.2.11", admin.accessToken as string);
+		const companyAdmin = await post("/api/auth/login", { username: `${code}-admin`, password: "Company-admin-1" }, "192.0.2.12");
+		// The company's administrator has spent nothing of its budget; the platform administrator one request.
+		tokens.push(companyAdmin.accessToken as string, admin.accessToken as string);
 	});
 
 	after(async () => {
@@ -64,11 +82,11 @@ describe("rate limits across two gateway nodes with REDIS_URL", () => {
 		const statuses: number[] = [];
 		for (let i = 0; i < PER_USER + 2; i++) {
 			// A new address each time: only the per-user limit can stop these.
-			const headers = { ...bearer("reader-token"), "X-Forwarded-For": `198.51.100.${i + 1}` };
-			statuses.push((await request(`${urls[i % 2]}/api/config/limits`, headers)).status);
+			const headers = { Authorization: `Bearer ${tokens[0]}`, "X-Forwarded-For": `198.51.100.${i + 1}` };
+			statuses.push((await request(`${urls[i % 2]}/api/auth/me`, headers)).status);
 		}
 		assert.deepEqual(statuses, [...Array(PER_USER).fill(200), 429, 429]);
-		const other = await request(`${urls[0]}/api/config/limits`, { ...bearer("other-reader-token"), "X-Forwarded-For": "198.51.100.99" });
+		const other = await request(`${urls[0]}/api/auth/me`, { Authorization: `Bearer ${tokens[1]}`, "X-Forwarded-For": "198.51.100.99" });
 		assert.equal(other.status, 200, "another user is not limited");
 	});
 });

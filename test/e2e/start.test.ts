@@ -46,8 +46,17 @@ describe("npm start: the whole platform embedded", () => {
 		const page = await browser.newPage();
 		await page.goto(`${url}/`);
 		await page.waitForSelector("#status.ok");
-		assert.match((await page.textContent("#status")) ?? "", /Ready: config, registry/);
+		assert.match((await page.textContent("#status")) ?? "", /Ready: config, registry, security/);
 		await page.close();
+	});
+
+	it("creates the platform administrator on first start with a password printed once, which signs in", async () => {
+		const printed = /Platform administrator 'admin' created\. Its password, shown only this once: (\S+)/.exec(node.process!.output());
+		assert.ok(printed, `the generated password is printed:\n${node.process!.output()}`);
+		const login = await request(`${url}/api/auth/login`, { "Content-Type": "application/json" }, { method: "POST", body: JSON.stringify({ username: "admin", password: printed[1] }) });
+		assert.equal(login.status, 200, JSON.stringify(login.body));
+		const me = await request(`${url}/api/auth/me`, { Authorization: `Bearer ${(login.body as { accessToken: string }).accessToken}` });
+		assert.equal((me.body as { username: string }).username, "admin");
 	});
 
 	it("renders the docs page from /api/openapi.json", async () => {
@@ -71,7 +80,7 @@ describe("a cluster of node groups, operated from the REPL", () => {
 
 	before(async () => {
 		nats = await startNats();
-		const env = { TRANSPORTER: nats.url, NAMESPACE: namespace, PORT: String(await freePort()), HOST: "127.0.0.1" };
+		const env = { TRANSPORTER: nats.url, NAMESPACE: namespace, PORT: String(await freePort()), HOST: "127.0.0.1", JWT_SECRET: randomUUID() };
 		nodes.push(new ClusterNode("platform-1", { groups: ["platform"], env }), new ClusterNode("gateway-1", { groups: ["gateway"], env }));
 		nodes.forEach(n => n.start());
 		await nodes[1].started(async () => (await request(`http://127.0.0.1:${env.PORT}/api/ready`)).status === 200, "ready");
