@@ -36,6 +36,8 @@ export interface AuthenticatedUser {
 	permissions: string[];
 	platformAdmin?: boolean;
 	sessionId?: string;
+	/** When the access token this user came from expires (ms since the epoch): caches keep it no longer. */
+	tokenExpiresAt?: number;
 	dataScope?: DataScope;
 	/** Set when the company may only read (an expired licence): the reason, shown to the caller. */
 	readOnly?: string | null;

@@ -129,6 +129,7 @@ export interface SessionInfo {
 	userId: string;
 	username: string;
 	companyId: string | null;
+	deptId: string | null;
 	device: string;
 	ip: string;
 	since: string;

@@ -12,13 +12,15 @@ export interface AccessClaims {
 	sub: string;
 	sid: string;
 	cid: string | null;
+	/** Expiry, seconds since the epoch. */
+	exp: number;
 }
 
 const ALGORITHM = "HS256";
 /** Session ids are random UUIDs; refresh secrets 43 characters of base64url. */
 const REFRESH_TOKEN = /^([A-Za-z0-9-]{1,64})\.([A-Za-z0-9_-]{43})$/;
 
-export function signAccessToken(claims: AccessClaims, secret: string, ttlSeconds: number): string {
+export function signAccessToken(claims: Omit<AccessClaims, "exp">, secret: string, ttlSeconds: number): string {
 	return jwt.sign({ sid: claims.sid, cid: claims.cid }, secret, { algorithm: ALGORITHM, subject: claims.sub, expiresIn: ttlSeconds });
 }
 
@@ -31,9 +33,9 @@ export function verifyAccessToken(token: string, secret: string): AccessClaims |
 	} catch {
 		return null;
 	}
-	if (typeof payload !== "object" || typeof payload.sub !== "string" || typeof payload.sid !== "string") return null;
+	if (typeof payload !== "object" || typeof payload.sub !== "string" || typeof payload.sid !== "string" || typeof payload.exp !== "number") return null;
 	const cid = typeof payload.cid === "string" ? payload.cid : null;
-	return { sub: payload.sub, sid: payload.sid, cid };
+	return { sub: payload.sub, sid: payload.sid, cid, exp: payload.exp };
 }
 
 /** A fresh refresh token for a session, and the hash the session stores. */

@@ -11,7 +11,7 @@ import type { AuthenticatedUser } from "../../types/access";
 export class PrincipalCache {
 	private readonly cache: NodeCache;
 
-	constructor(ttlSeconds: number, maxEntries = 100_000) {
+	constructor(private readonly ttlSeconds: number, maxEntries = 100_000) {
 		this.cache = new NodeCache({ stdTTL: ttlSeconds, checkperiod: Math.max(1, Math.ceil(ttlSeconds / 2)), useClones: false, maxKeys: maxEntries });
 	}
 
@@ -24,9 +24,12 @@ export class PrincipalCache {
 		return this.cache.get<AuthenticatedUser>(this.key(token));
 	}
 
+	/** Keeps the entry no longer than the token is valid. */
 	set(token: string, user: AuthenticatedUser): void {
+		const left = user.tokenExpiresAt ? Math.floor((user.tokenExpiresAt - Date.now()) / 1000) : this.ttlSeconds;
+		if (left <= 0) return;
 		try {
-			this.cache.set(this.key(token), user);
+			this.cache.set(this.key(token), user, Math.min(left, this.ttlSeconds));
 		} catch {
 			// Full (maxKeys): this request goes uncached.
 		}

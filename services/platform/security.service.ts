@@ -34,7 +34,7 @@ const TOUCH_EVERY_MS = 60_000;
 const DEVICE_MAX = 200;
 
 /** A session as `security.sessions` answers it: `SessionInfo` plus the department, for data-scope filters. */
-export type SessionRow = SessionInfo & { deptId: string | null };
+export type SessionRow = SessionInfo;
 
 const idParam = { type: "string", min: 1, max: 64 };
 const optionalId = { ...idParam, optional: true };
@@ -233,7 +233,7 @@ const SecurityService = serviceSchema({
 				const now = Date.now();
 				if (now - session.lastSeenAt >= TOUCH_EVERY_MS)
 					this.store.touch(session.id, now).catch(err => this.logger.warn(`Could not record activity of session ${session.id}`, err));
-				return { ...user, sessionId: session.id };
+				return { ...user, sessionId: session.id, tokenExpiresAt: claims.exp * 1000 };
 			},
 		},
 

@@ -171,11 +171,13 @@ describe("security: authentication through the gateway", () => {
 
 	it("expires access tokens after the configured lifetime, while refresh still works", async () => {
 		const { username } = await createUser(company);
-		expectStatus(await org.admin.put("/api/config/security", { values: { accessTokenTtlSeconds: 1 } }), 200);
+		expectStatus(await org.admin.put("/api/config/security", { values: { accessTokenTtlSeconds: 2 } }), 200);
 		try {
-			await waitFor(async () => (await login(org.anonymous, username, PASSWORD)).body.expiresIn === 1, "the new lifetime to apply");
+			await waitFor(async () => (await login(org.anonymous, username, PASSWORD)).body.expiresIn === 2, "the new lifetime to apply");
 			const session = await signIn(org.anonymous, username);
-			await new Promise(resolve => setTimeout(resolve, 2100));
+			// Used while valid, so the gateway caches it: the cache must not outlive the token.
+			assert.equal((await session.get("/api/auth/me")).status, 200);
+			await new Promise(resolve => setTimeout(resolve, 3100));
 			const expired = await session.get("/api/auth/me");
 			assert.equal(expired.status, 401);
 			assert.equal(expired.body.type, "INVALID_TOKEN");
