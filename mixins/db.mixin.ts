@@ -23,6 +23,8 @@ export interface DbMethods {
 	updateEntities(ctx: Context, query: Query, changes: Doc): Promise<number>;
 	removeEntity(ctx: Context, id: string): Promise<Doc | null>;
 	removeEntities(ctx: Context, query: Query): Promise<number>;
+	/** Emits `<service>.<entity.event>.<verb>` for a change made without the single-record methods. */
+	emitEntityEvent(ctx: Context, verb: string, json: Doc): Promise<void>;
 }
 
 type DbService = Service & DbMethods & {
@@ -32,7 +34,6 @@ type DbService = Service & DbMethods & {
 	transformDocuments(ctx: Context, params: object, docs: unknown): Promise<Doc | Doc[]>;
 	entityChanged(type: string, json: unknown, ctx: Context): Promise<void>;
 	decodeAll(ctx: Context, docs: unknown[], withHidden?: boolean): Promise<Doc[]>;
-	emitEntityEvent(ctx: Context, verb: string, json: Doc): Promise<void>;
 	storeCall<T>(work: () => Promise<T>): Promise<T>;
 	checkSortable(sort: string[] | undefined): string[] | undefined;
 };

@@ -53,7 +53,7 @@ const SERVER_ERROR_MESSAGES: Record<number, string> = {
 	504: "The service did not answer in time",
 };
 /** Server-side error types whose own message is meant for the client. */
-const PUBLIC_SERVER_ERRORS = new Set(["NOT_READY", "SERVICE_NOT_AVAILABLE"]);
+const PUBLIC_SERVER_ERRORS = new Set(["NOT_READY", "SERVICE_NOT_AVAILABLE", "LICENSE_ISSUING_DISABLED"]);
 
 /**
  * The HTTP gateway (moleculer-web). Routes are the actions' own `rest` declarations under `/api`

@@ -249,7 +249,8 @@ describe("licence issuing without a private key", () => {
 	it("answers 503 LICENSE_ISSUING_DISABLED with a clear message, and still verifies", async () => {
 		const res = await api(gw, "POST", "/api/licenses", "admin", request());
 		assert.equal(res.status, 503);
-		// The gateway shows the message of listed server errors only (PUBLIC_SERVER_ERRORS); the action's own error says it all.
+		assert.equal(res.body.type, "LICENSE_ISSUING_DISABLED");
+		assert.match(res.body.message, /no licence private key/);
 		await assert.rejects(gw.broker.call("license.issue", request(), { meta: { user: USERS.admin } }), (err: Errors.MoleculerError) => {
 			assert.equal(err.code, 503);
 			assert.equal(err.type, "LICENSE_ISSUING_DISABLED");
