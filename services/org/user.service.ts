@@ -2,7 +2,8 @@ import { randomBytes } from "node:crypto";
 import { Errors, type Context } from "moleculer";
 import { DbMixin, type DbMethods } from "../../mixins/db.mixin";
 import { TenantMixin, companyIdParam, type TenantMethods } from "../../mixins/tenant.mixin";
-import { hashPassword, passwordProblem, MAX_PASSWORD_LENGTH } from "../../lib/security/password";
+import { DEFAULT_PASSWORD_POLICY, hashPassword, passwordProblem, MAX_PASSWORD_LENGTH } from "../../lib/security/password";
+import { ConfigMixin } from "../../mixins/config.mixin";
 import { idListParam, idParam, listParams, nameParam, optionalId, pageOf, statusParam, type ListQuery } from "../../lib/org/params";
 import { and, dataScopeQuery } from "../../lib/org/scope";
 import { serviceSchema } from "../../lib/service";
@@ -51,6 +52,7 @@ const profileParams = {
 type Ctx<P = unknown> = Context<P, RequestMeta>;
 type Doc = Record<string, unknown>;
 type Svc = DbMethods & TenantMethods & {
+	config: { passwordMinLength: number };
 	logger: { info(...a: unknown[]): void; warn(...a: unknown[]): void };
 	broker: Context["broker"];
 	inScope(ctx: Ctx, user: Doc): boolean;
@@ -79,7 +81,8 @@ const clientError = (message: string, code: number, type: string, data?: unknown
 /** Users of every company, and the platform administrator. The password hash never leaves this service but to `security`. */
 const UserService = serviceSchema({
 	name: "user",
-	mixins: [DbMixin(UserEntity), TenantMixin("User")],
+	// The password policy's length is the `security` namespace's, shared with password changes.
+	mixins: [DbMixin(UserEntity), TenantMixin("User"), ConfigMixin("security", { passwordMinLength: DEFAULT_PASSWORD_POLICY.minLength })],
 	settings: {
 		rest: "/users",
 		app: "org",
@@ -304,8 +307,9 @@ const UserService = serviceSchema({
 				throw clientError("You cannot give a role with permissions you do not hold", 403, "FORBIDDEN", { permissions: lacking });
 		},
 
-		checkPassword(password: string, username: string) {
-			const problem = passwordProblem(password, username);
+		checkPassword(this: Svc, password: string, username: string) {
+			const minLength = Number(this.config.passwordMinLength) || DEFAULT_PASSWORD_POLICY.minLength;
+			const problem = passwordProblem(password, username, { minLength });
 			if (problem) throw clientError(problem, 422, "WEAK_PASSWORD", { field: "password" });
 		},
 
