@@ -82,7 +82,7 @@ describe("gateway", () => {
 		it("GET /api/ready lists the required services", async () => {
 			const res = await call(gw, "/api/ready");
 			assert.equal(res.status, 200);
-			assert.deepEqual(res.body, { status: "ready", services: ["config", "registry"] });
+			assert.deepEqual(res.body, { status: "ready", services: ["config", "registry", "security"] });
 		});
 
 		it("GET /metrics serves Prometheus text", async () => {

@@ -9,9 +9,6 @@ import { waitFor } from "./servers";
 
 export const ROOT = path.resolve(__dirname, "../..");
 
-/** The test `security` service, loaded (through tsx) by nodes that need tokens resolved. */
-export const SECURITY_STUB = "test/support/security.stub.service.ts";
-
 export interface ClusterNodeOptions {
 	/** Node groups and service files, as given to scripts/node.sh. */
 	groups: string[];

@@ -1,9 +1,11 @@
 /**
- * A test-only `security` service implementing the gateway's authentication contract
- * (`security.resolveToken`) with fixed tokens, until the real service exists in the tests that need it.
+ * A test-only `security` service with fixed tokens, for the gateway's own tests: its hooks,
+ * limits and error bodies against users whose permissions the test chooses. Everything that
+ * signs in for real (security, organisation, cluster) uses the real service (test/support/org.ts).
  */
 import { Errors, type Context, type ServiceSchema } from "moleculer";
-import type { AuthenticatedUser, ResolveTokenParams } from "../../types/access";
+import { AUTHENTICATED, type AuthenticatedUser, type ResolveTokenParams } from "../../types/access";
+import type { RequestMeta } from "../../types/context";
 
 export const TEST_USERS: Record<string, AuthenticatedUser> = {
 	"admin-token": { id: "u-admin", username: "admin", companyId: null, roles: ["platform-admin"], permissions: [], platformAdmin: true },
@@ -14,7 +16,10 @@ export const TEST_USERS: Record<string, AuthenticatedUser> = {
 
 export const SecurityStub: ServiceSchema = {
 	name: "security",
+	settings: { rest: "/auth" },
 	actions: {
+		/** A published route, like the real service's: the gateway counts a service ready once it is routed. */
+		me: { rest: "GET /me", permission: AUTHENTICATED, handler: (ctx: Context<unknown, RequestMeta>) => ctx.meta.user },
 		resolveToken: {
 			params: { token: "string" },
 			handler(ctx: Context<ResolveTokenParams>) {
