@@ -39,7 +39,7 @@ type AdminInput = { username: string; password: string; name: string };
 type Svc = DbMethods & {
 	logger: { warn(...a: unknown[]): void };
 	getCompany(ctx: Ctx, id: string): Promise<Doc>;
-	checkLicense(ctx: Ctx, key: string | null | undefined): Promise<void>;
+	checkLicense(ctx: Ctx, key: string | null | undefined, companyId: string | null): Promise<void>;
 	checkCodeFree(ctx: Ctx, code: string): Promise<void>;
 };
 
@@ -96,7 +96,7 @@ const CompanyService = serviceSchema({
 				const { admin, ...fields } = ctx.params;
 				// Everything that can be refused is checked before anything is written.
 				await this.checkCodeFree(ctx, fields.code);
-				await this.checkLicense(ctx, fields.licenseKey);
+				await this.checkLicense(ctx, fields.licenseKey, null);
 				if (admin && !(await ctx.call<boolean, object>("user.usernameFree", { username: admin.username })))
 					throw clientError(`The username '${admin.username}' is taken`, 409, "USERNAME_TAKEN", { field: "admin.username" });
 
@@ -127,7 +127,7 @@ const CompanyService = serviceSchema({
 				const { id, ...changes } = ctx.params;
 				const company = await this.getCompany(ctx, id);
 				if (changes.code && changes.code !== company.code) await this.checkCodeFree(ctx, changes.code);
-				if (changes.licenseKey) await this.checkLicense(ctx, changes.licenseKey);
+				if (changes.licenseKey) await this.checkLicense(ctx, changes.licenseKey, id);
 				const updated = await this.updateEntity(ctx, id, { ...changes, updatedAt: new Date() });
 				if (changes.status === "disabled") await ctx.call("security.revokeSessions", { companyId: id, reason: "company disabled" });
 				return updated;
@@ -179,12 +179,17 @@ const CompanyService = serviceSchema({
 			if ((await this.countEntities(ctx, { query: { code } })) > 0) throw clientError(`The company code '${code}' is taken`, 409, "CONFLICT", { field: "code" });
 		},
 
-		/** A licence key is accepted only when its signature checks out and it has not expired. */
-		async checkLicense(ctx: Ctx, key: string | null | undefined) {
+		/**
+		 * A licence key is accepted only when its signature checks out, it has not expired and no
+		 * other company holds it (a licence's seats are one company's).
+		 */
+		async checkLicense(this: Svc, ctx: Ctx, key: string | null | undefined, companyId: string | null) {
 			if (!key) return;
 			const result = await ctx.call<VerifyResult, object>("license.verifyKey", { key });
 			if (!result.valid) throw clientError(`The licence key is not valid: ${result.reason}`, 422, "INVALID_LICENSE", { field: "licenseKey" });
 			if (result.expired) throw clientError("The licence key has expired", 422, "LICENSE_EXPIRED", { field: "licenseKey" });
+			const holders = await this.countEntities(ctx, { query: companyId ? { licenseKey: key, id: { $ne: companyId } } : { licenseKey: key } });
+			if (holders > 0) throw clientError("This licence key is installed on another company", 409, "LICENSE_IN_USE", { field: "licenseKey" });
 		},
 	},
 });

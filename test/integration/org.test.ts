@@ -248,6 +248,18 @@ for (const mode of ["embedded", "cluster"] as const) {
 				assert.equal(current.seatsUsed, 3);
 			});
 
+			it("installs a licence key on one company only", async () => {
+				const key = await issueLicense(org);
+				const first = await createCompany(org, { licenseKey: key });
+				const code = unique("co-");
+				const second = await org.admin.post("/api/companies", { name: "Second", code, licenseKey: key });
+				assert.equal(second.status, 409);
+				assert.equal(second.body.type, "LICENSE_IN_USE");
+				const other = await createCompany(org);
+				assert.equal((await org.admin.put(`/api/companies/${other.id}`, { licenseKey: key })).status, 409);
+				expectStatus(await org.admin.put(`/api/companies/${first.id}`, { licenseKey: key }), 200, "the holder may set it again");
+			});
+
 			it("refuses a tampered licence key and creates nothing", async () => {
 				const key = await issueLicense(org, { seats: 1000 });
 				const at = key.length - 10;
