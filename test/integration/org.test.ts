@@ -51,6 +51,29 @@ for (const mode of ["embedded", "cluster"] as const) {
 		});
 		after(() => org?.stop());
 
+		it("documents every Authentication and Organisation route of API.md in the OpenAPI document", async () => {
+			const doc = expectStatus(await org.anonymous.get("/api/openapi.json"), 200) as { paths: Record<string, Record<string, unknown>> };
+			const routes = [
+				"POST /api/auth/login", "POST /api/auth/refresh", "POST /api/auth/logout", "GET /api/auth/me", "PUT /api/auth/password",
+				"GET /api/companies", "POST /api/companies", "GET /api/companies/{id}", "PUT /api/companies/{id}", "DELETE /api/companies/{id}",
+				"GET /api/depts", "POST /api/depts", "PUT /api/depts/{id}", "DELETE /api/depts/{id}",
+				"GET /api/users", "POST /api/users", "GET /api/users/{id}", "PUT /api/users/{id}", "DELETE /api/users/{id}",
+				"PUT /api/users/{id}/status", "POST /api/users/{id}/reset-password",
+				"GET /api/roles", "POST /api/roles", "GET /api/roles/{id}", "PUT /api/roles/{id}", "DELETE /api/roles/{id}",
+				"GET /api/auth/permissions", "GET /api/grants", "POST /api/grants", "DELETE /api/grants/{id}",
+				"GET /api/dicts", "POST /api/dicts", "PUT /api/dicts/{code}", "DELETE /api/dicts/{code}",
+				"GET /api/dicts/{code}/items", "POST /api/dicts/{code}/items", "PUT /api/dicts/{code}/items/{value}", "DELETE /api/dicts/{code}/items/{value}",
+				"POST /api/licenses", "POST /api/licenses/verify", "GET /api/licenses/current",
+				"GET /api/logs/operations", "GET /api/logs/logins", "GET /api/logs/verify",
+				"GET /api/online", "DELETE /api/online/{sessionId}",
+			];
+			const missing = routes.filter(r => {
+				const [method, path] = r.split(" ");
+				return !doc.paths[path]?.[method.toLowerCase()];
+			});
+			assert.deepEqual(missing, []);
+		});
+
 		describe("a licensed company builds its organisation and each user sees what role and scope allow", () => {
 			let company: TestCompany;
 			const ids: Record<string, string> = {};
