@@ -232,6 +232,34 @@ for (const mode of ["embedded", "cluster"] as const) {
 				await org.anonymous.login(`${company.code}-engineer`, "New-passw0rd");
 			});
 
+			it("records every change and login in the company's audit log, secrets redacted, the chain intact", async () => {
+				type Row = { service: string; action: string; username: string; params: Record<string, unknown>; result: string; target: string | null };
+				let rows: Row[] = [];
+				await waitFor(async () => {
+					rows = expectStatus(await company.admin.get("/api/logs/operations?service=user&pageSize=100"), 200).rows;
+					return rows.filter(r => r.action === "resetPassword").length >= 2;
+				}, "the audit records");
+				const created = rows.filter(r => r.action === "create");
+				assert.ok(created.filter(r => r.username === `${company.code}-admin` && r.result === "ok").length >= 5, "the administrator's user creations");
+				assert.ok(created.some(r => r.username === `${company.code}-manager` && r.result === "error"), "the refused escalation, by whom it was tried");
+				for (const row of created) assert.equal(row.params.password, "[redacted]");
+				const weak = rows.find(r => r.action === "resetPassword" && r.result === "error");
+				assert.ok(weak, "a refused change is recorded with its error");
+				assert.equal(weak.target, ids.engineer);
+				assert.ok(!JSON.stringify(rows).includes(password), "no password anywhere in the records");
+
+				const logins = expectStatus(await company.admin.get(`/api/logs/logins?username=${company.code}-seller&pageSize=100`), 200).rows;
+				assert.ok(logins.some((r: { result: string }) => r.result === "ok"));
+				assert.ok(logins.some((r: { result: string }) => r.result === "failure" || r.result === "disabled"), "the disabled user's refused login");
+				const verify = expectStatus(await company.admin.get("/api/logs/verify"), 200);
+				assert.equal(verify.intact, true, JSON.stringify(verify));
+
+				// Another company's administrator sees none of it.
+				const stranger = await createCompany(org);
+				const theirs = expectStatus(await stranger.admin.get("/api/logs/operations?pageSize=100"), 200).rows;
+				assert.ok(!JSON.stringify(theirs).includes(company.code));
+			});
+
 			it("refuses to delete a role still given to users, and built-in roles", async () => {
 				const inUse = await company.admin.delete(`/api/roles/${ids.leadRole}`);
 				assert.equal(inUse.status, 409);
