@@ -6,6 +6,7 @@ import { EntityCodec, withSearch } from "../lib/db/codec";
 import { createStore, type Store } from "../lib/db/stores";
 import type { DbAdapter } from "../lib/db/stores/base.store";
 import { serviceSchema } from "../lib/service";
+import { refuseUnsharedReplica } from "../lib/replicas";
 import type { RequestMeta } from "../types/context";
 import type { EntityEvent } from "../types/org";
 
@@ -33,6 +34,7 @@ type DbService = Service & DbMethods & {
 	codec: EntityCodec;
 	transformDocuments(ctx: Context, params: object, docs: unknown): Promise<Doc | Doc[]>;
 	entityChanged(type: string, json: unknown, ctx: Context): Promise<void>;
+	changed(type: string, json: unknown, ctx: Context): Promise<void>;
 	decodeAll(ctx: Context, docs: unknown[], withHidden?: boolean): Promise<Doc[]>;
 	storeCall<T>(work: () => Promise<T>): Promise<T>;
 	checkSortable(sort: string[] | undefined): string[] | undefined;
@@ -115,7 +117,7 @@ export function DbMixin(entity: EntityDefinition): Partial<ServiceSchema> {
 				const encoded = codec.encodeNew({ ...doc, id: doc.id ?? randomUUID() });
 				const saved = await this.storeCall(() => this.adapter.insert((this.adapter as unknown as AdapterIds).beforeSaveTransformID(encoded, "id")));
 				const [json] = await this.decodeAll(ctx, [saved]);
-				await this.entityChanged("created", json, ctx);
+				await this.changed("created", json, ctx);
 				await this.emitEntityEvent(ctx, "created", json);
 				return json;
 			},
@@ -124,7 +126,7 @@ export function DbMixin(entity: EntityDefinition): Partial<ServiceSchema> {
 				const saved = await this.storeCall(() => this.adapter.updateById(id, { $set: codec.encodeChanges(changes) }));
 				if (!saved) return null;
 				const [json] = await this.decodeAll(ctx, [saved]);
-				await this.entityChanged("updated", json, ctx);
+				await this.changed("updated", json, ctx);
 				await this.emitEntityEvent(ctx, "updated", json);
 				return json;
 			},
@@ -132,7 +134,7 @@ export function DbMixin(entity: EntityDefinition): Partial<ServiceSchema> {
 			async updateEntities(this: DbService, ctx: Context, query: Query, changes: Doc) {
 				const native = this.store.translate(codec.normaliseQuery(query));
 				const count = await this.storeCall(() => this.adapter.updateMany(native, { $set: codec.encodeChanges(changes) }));
-				if (count > 0) await this.entityChanged("updated", count, ctx);
+				if (count > 0) await this.changed("updated", count, ctx);
 				return count;
 			},
 
@@ -142,7 +144,7 @@ export function DbMixin(entity: EntityDefinition): Partial<ServiceSchema> {
 				if (!json) return null;
 				// Adapters disagree on what removeById answers (a count, a document), so the record is read first.
 				await this.storeCall(() => this.adapter.removeById(id));
-				await this.entityChanged("removed", json, ctx);
+				await this.changed("removed", json, ctx);
 				await this.emitEntityEvent(ctx, "removed", json);
 				return json;
 			},
@@ -150,13 +152,18 @@ export function DbMixin(entity: EntityDefinition): Partial<ServiceSchema> {
 			async removeEntities(this: DbService, ctx: Context, query: Query) {
 				const native = this.store.translate(codec.normaliseQuery(query));
 				const count = await this.storeCall(() => this.adapter.removeMany(native));
-				if (count > 0) await this.entityChanged("removed", count, ctx);
+				if (count > 0) await this.changed("removed", count, ctx);
 				return count;
 			},
 
 			async decodeAll(this: DbService, ctx: Context, docs: unknown[], withHidden = false) {
 				const json = await this.transformDocuments(ctx, {}, docs);
 				return (json as Doc[]).map(doc => codec.decode(doc, withHidden));
+			},
+
+			/** moleculer-db's change hook (cleans the service's cache on every node), unless the entity is never cached. */
+			async changed(this: DbService, type: string, json: unknown, ctx: Context) {
+				if (entity.cached !== false) await this.entityChanged(type, json, ctx);
 			},
 
 			/** `<service>.<entity>.<verb>`, emitted (balanced: one instance of each listening service gets it). */
@@ -190,19 +197,12 @@ export function DbMixin(entity: EntityDefinition): Partial<ServiceSchema> {
 
 		async started(this: DbService) {
 			await this.store.afterConnected(this.adapter);
-			const platform = this.broker.options.platform;
-			if (!this.store.shared && platform?.clustered) {
-				const elsewhere = this.broker.registry
-					.getServiceList({ onlyLocal: false, skipInternal: true, withActions: false })
-					.filter(s => s.name === this.name && s.nodeID !== this.broker.nodeID);
-				if (elsewhere.length > 0)
-					throw new Errors.MoleculerError(
-						`Service '${this.name}' already runs on node '${elsewhere[0].nodeID}' and this node stores it in NeDB files. ` +
-							"Replicas of a stateful service need a shared store: set DATABASE_URL or MONGO_URI on every node.",
-						500,
-						"NEDB_REPLICA_REFUSED",
-					);
-			}
+			if (!this.store.shared)
+				refuseUnsharedReplica(
+					this,
+					"NEDB_REPLICA_REFUSED",
+					"this node stores it in NeDB files. Replicas of a stateful service need a shared store: set DATABASE_URL or MONGO_URI on every node.",
+				);
 		},
 	});
 }

@@ -24,6 +24,11 @@ export interface EntityDefinition {
 	indexes?: IndexDefinition[];
 	/** Fields the `search` list parameter looks in (case-insensitive substring). */
 	searchFields?: string[];
+	/**
+	 * `false` for an entity no action caches (an append-only log written on every request): its
+	 * changes then skip the cache-cleaning broadcast to every node. Default true.
+	 */
+	cached?: boolean;
 	/** Fields that never leave the service by default (e.g. a password hash): see `FindParams.withHidden`. */
 	hidden?: string[];
 	/**

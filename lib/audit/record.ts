@@ -17,6 +17,8 @@ const LIMITS = {
 
 export const AuditLogEntity: EntityDefinition = {
 	name: "audit_logs",
+	// Written on every request, read without a cache: no cache-cleaning broadcast per record.
+	cached: false,
 	fields: {
 		kind: { type: "string", required: true, max: 16 },
 		chain: { type: "string", required: true, max: 64 },
@@ -52,6 +54,7 @@ export const AuditLogEntity: EntityDefinition = {
 
 export const AuditChainEntity: EntityDefinition = {
 	name: "audit_chains",
+	cached: false,
 	fields: {
 		chain: { type: "string", required: true, max: 64 },
 		headSeq: { type: "integer", required: true },

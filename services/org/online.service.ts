@@ -1,10 +1,10 @@
-import { Errors, type Context } from "moleculer";
+import { Errors, type Context, type Service } from "moleculer";
 import { createPresenceStore, type Channel, type Connection, type PresenceStore } from "../../lib/presence";
 import { serviceSchema } from "../../lib/service";
+import { refuseUnsharedReplica } from "../../lib/replicas";
 import type { AuthenticatedUser } from "../../types/access";
 import type { RequestMeta } from "../../types/context";
-import type { SessionsRevokedEvent, User } from "../../types/org";
-import type { SessionRow } from "../platform/security.service";
+import type { SessionInfo, SessionsRevokedEvent, User } from "../../types/org";
 
 /** A session counts as online when it has a live connection or was used this recently. */
 const ONLINE_WINDOW_MS = 5 * 60_000;
@@ -19,8 +19,8 @@ type Svc = {
 	caller(ctx: Ctx): AuthenticatedUser;
 	companyFilter(caller: AuthenticatedUser, requested?: string): { companyId?: string };
 	visible(caller: AuthenticatedUser, row: { userId: string; deptId: string | null }): boolean;
-	withChannels(rows: SessionRow[]): Promise<OnlineSession[]>;
-	visibleSession(ctx: Ctx, sessionId: string): Promise<SessionRow>;
+	withChannels(rows: SessionInfo[]): Promise<OnlineSession[]>;
+	visibleSession(ctx: Ctx, sessionId: string): Promise<SessionInfo>;
 };
 
 export interface OnlineSession {
@@ -62,7 +62,7 @@ const OnlineService = serviceSchema({
 			params: { $$strict: true, companyId: { ...idParam, optional: true } },
 			async handler(this: Svc, ctx: Ctx<{ companyId?: string }>) {
 				const caller = this.caller(ctx);
-				const rows = await ctx.call<SessionRow[], object>("security.sessions", this.companyFilter(caller, ctx.params.companyId));
+				const rows = await ctx.call<SessionInfo[], object>("security.sessions", this.companyFilter(caller, ctx.params.companyId));
 				return this.withChannels(rows.filter(row => this.visible(caller, row)));
 			},
 		},
@@ -79,7 +79,7 @@ const OnlineService = serviceSchema({
 				const user = await ctx.call<User | null, object>("user.byId", { id: userId });
 				if (!user || (!caller.platformAdmin && user.companyId !== caller.companyId) || !this.visible(caller, { userId, deptId: user.deptId }))
 					throw clientError(`User '${userId}' not found`, 404, "NOT_FOUND", { id: userId });
-				const rows = await ctx.call<SessionRow[], object>("security.sessions", { userId });
+				const rows = await ctx.call<SessionInfo[], object>("security.sessions", { userId });
 				const sessions = await this.withChannels(rows);
 				const recorded = (await this.presence.lastSeen([userId])).get(userId) ?? 0;
 				const lastSeen = Math.max(recorded, ...sessions.map(s => Date.parse(s.lastSeenAt)));
@@ -114,7 +114,7 @@ const OnlineService = serviceSchema({
 				nodeID: { type: "string", min: 1, max: 128 },
 			},
 			async handler(this: Svc, ctx: Ctx<Omit<Connection, "since" | "userId">>) {
-				const [session] = await ctx.call<SessionRow[], object>("security.sessions", { sessionId: ctx.params.sessionId });
+				const [session] = await ctx.call<SessionInfo[], object>("security.sessions", { sessionId: ctx.params.sessionId });
 				// A connection of an ended session must not show as online: the channel closes it on this answer.
 				if (!session) throw sessionNotFound(ctx.params.sessionId);
 				const now = Date.now();
@@ -171,7 +171,7 @@ const OnlineService = serviceSchema({
 			return row.deptId !== null && scope.deptIds.includes(row.deptId);
 		},
 
-		async withChannels(this: Svc, rows: SessionRow[]): Promise<OnlineSession[]> {
+		async withChannels(this: Svc, rows: SessionInfo[]): Promise<OnlineSession[]> {
 			const connections = await this.presence.connections(rows.map(r => r.sessionId));
 			return rows.map(r => ({
 				sessionId: r.sessionId,
@@ -186,9 +186,9 @@ const OnlineService = serviceSchema({
 		},
 
 		/** The session, when it belongs to the caller's company and data scope; else 404 (no difference shows). */
-		async visibleSession(this: Svc, ctx: Ctx, sessionId: string): Promise<SessionRow> {
+		async visibleSession(this: Svc, ctx: Ctx, sessionId: string): Promise<SessionInfo> {
 			const caller = this.caller(ctx);
-			const [row] = await ctx.call<SessionRow[], object>("security.sessions", { sessionId, ...this.companyFilter(caller) });
+			const [row] = await ctx.call<SessionInfo[], object>("security.sessions", { sessionId, ...this.companyFilter(caller) });
 			if (!row || !this.visible(caller, row)) throw sessionNotFound(sessionId);
 			return row;
 		},
@@ -197,6 +197,16 @@ const OnlineService = serviceSchema({
 	created(this: Svc) {
 		const platform = this.broker.options.platform;
 		this.presence = createPresenceStore(platform?.redisUrl ?? null, `${this.broker.namespace || "cnbicloud"}:presence`);
+	},
+
+	/** Presence in memory is this node's alone: a second replica needs Redis. */
+	started(this: Svc) {
+		if (this.broker.options.platform?.redisUrl) return;
+		refuseUnsharedReplica(
+			this as unknown as Service,
+			"PRESENCE_NOT_SHARED",
+			"this node keeps presence in memory. Replicas of online share presence through Redis: set REDIS_URL on every node that runs online.",
+		);
 	},
 
 	async stopped(this: Svc) {

@@ -1,12 +1,13 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import Redis from "ioredis";
-import { Errors, type Context } from "moleculer";
+import { Errors, type Context, type Service } from "moleculer";
 import { ConfigMixin } from "../../mixins/config.mixin";
 import { LoginLockout, type LockoutSettings } from "../../lib/security/lockout";
 import { decoyHash, hashPassword, MAX_PASSWORD_LENGTH, passwordProblem, verifyPassword } from "../../lib/security/password";
 import { createSessionStore, sessionExpiry, type Session, type SessionFilter, type SessionLimits, type SessionStore } from "../../lib/security/sessions";
 import { hashRefreshToken, newRefreshToken, refreshTokenSession, signAccessToken, verifyAccessToken } from "../../lib/security/tokens";
 import { serviceSchema } from "../../lib/service";
+import { refuseUnsharedReplica } from "../../lib/replicas";
 import { AUTHENTICATED, type AuthenticatedUser, type ResolveTokenParams } from "../../types/access";
 import type { LoginAttemptedEvent } from "../../types/audit";
 import type { RequestMeta } from "../../types/context";
@@ -32,9 +33,6 @@ export const SECURITY_DEFAULTS: SecurityConfig = {
 /** `lastSeenAt` is written at most this often per session: token checks must stay cheap. */
 const TOUCH_EVERY_MS = 60_000;
 const DEVICE_MAX = 200;
-
-/** A session as `security.sessions` answers it: `SessionInfo` plus the department, for data-scope filters. */
-export type SessionRow = SessionInfo;
 
 const idParam = { type: "string", min: 1, max: 64 };
 const optionalId = { ...idParam, optional: true };
@@ -263,7 +261,7 @@ const SecurityService = serviceSchema({
 				userId: optionalId,
 				sessionId: optionalId,
 			},
-			async handler(this: Svc, ctx: Context<SessionFilter & { sessionId?: string }>): Promise<SessionRow[]> {
+			async handler(this: Svc, ctx: Context<SessionFilter & { sessionId?: string }>): Promise<SessionInfo[]> {
 				const { sessionId, ...filter } = ctx.params;
 				let sessions: Session[];
 				if (sessionId) {
@@ -373,18 +371,12 @@ const SecurityService = serviceSchema({
 
 		/** Sessions in memory are this node's alone: a second replica without Redis would split them. */
 		refuseUnsharedReplica(this: Svc) {
-			const platform = this.broker.options.platform;
-			if (!platform?.clustered || platform.redisUrl) return;
-			const elsewhere = this.broker.registry
-				.getServiceList({ onlyLocal: false, skipInternal: true, withActions: false })
-				.filter(s => s.name === this.name && s.nodeID !== this.broker.nodeID);
-			if (elsewhere.length > 0)
-				throw new Errors.MoleculerError(
-					`Service 'security' already runs on node '${elsewhere[0].nodeID}' and this node keeps sessions in memory. ` +
-						"Replicas of security share sessions through Redis: set REDIS_URL on every node that runs security.",
-					500,
-					"SESSIONS_NOT_SHARED",
-				);
+			if (this.broker.options.platform?.redisUrl) return;
+			refuseUnsharedReplica(
+				this as unknown as Service,
+				"SESSIONS_NOT_SHARED",
+				"this node keeps sessions in memory. Replicas of security share sessions through Redis: set REDIS_URL on every node that runs security.",
+			);
 		},
 
 		configChanged(this: Svc) {
@@ -418,7 +410,7 @@ const SecurityService = serviceSchema({
 	},
 });
 
-function toRow(s: Session): SessionRow {
+function toRow(s: Session): SessionInfo {
 	return {
 		sessionId: s.id,
 		userId: s.userId,

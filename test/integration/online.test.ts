@@ -6,7 +6,10 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import type { PresenceStore } from "../../lib/presence";
+import OnlineService from "../../services/org/online.service";
+import { createTestBroker } from "../support/broker";
 import { Api, createCompany, expectStatus, startOrg, startOrgCluster, unique, type RunningOrg, type TestCompany } from "../support/org";
+import { startNats, type ServerProcess } from "../support/servers";
 
 const PASSWORD = "Member-pass-1";
 
@@ -185,5 +188,28 @@ describe("online across two nodes (NATS, Redis)", () => {
 		assert.equal((await api.get("/api/auth/me")).status, 401, "on the first node's gateway");
 		const presence = (two.getLocalService("online") as unknown as { presence: PresenceStore }).presence;
 		assert.equal((await presence.connections([sid])).size, 0);
+	});
+});
+
+describe("online refuses a second replica without Redis", () => {
+	let nats: ServerProcess & { url: string };
+	before(async () => {
+		nats = await startNats();
+	});
+	after(() => nats?.stop());
+
+	it("because presence in memory would be split between the nodes", async () => {
+		const env = { TRANSPORTER: nats.url, NAMESPACE: unique("presence") };
+		const first = createTestBroker({ ...env, NODE_ID: unique("first") });
+		first.createService(OnlineService);
+		const second = createTestBroker({ ...env, NODE_ID: unique("second") });
+		second.createService(OnlineService);
+		try {
+			await first.start();
+			await assert.rejects(second.start(), (err: Error & { type?: string }) => err.type === "PRESENCE_NOT_SHARED" && /set REDIS_URL/.test(err.message));
+		} finally {
+			await second.stop().catch(() => undefined);
+			await first.stop().catch(() => undefined);
+		}
 	});
 });
