@@ -1,14 +1,10 @@
 /**
- * Filters of the log queries: dates from the query string, the data scope of the caller.
+ * Filters of the log queries: dates from the query string (the data scope is lib/org/scope.ts).
  */
 import { Errors } from "moleculer";
-import type { AuthenticatedUser, DataScope } from "../../types/access";
 import type { Query } from "../../types/entity";
 
 const ISO_DATE = /^(\d{4})-(\d{2})-(\d{2})(T\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?(Z|[+-]\d{2}:\d{2})?)?$/;
-
-/** A user without a data scope sees their own records only (fail closed). */
-const OWN_RECORDS: DataScope = { all: false, deptIds: [], self: true };
 
 function badDate(field: string, value: string): Errors.MoleculerClientError {
 	return new Errors.MoleculerClientError(
@@ -46,16 +42,3 @@ export function timeRange(from?: string, to?: string): Query | null {
 	return { at: range };
 }
 
-/**
- * The records of a company the user's data scope lets them read: everything (`all`), the
- * records of the listed departments, and/or their own; null when the scope gives nothing.
- */
-export function dataScopeQuery(user: AuthenticatedUser): Query | null {
-	if (user.platformAdmin) return {};
-	const scope = user.dataScope ?? OWN_RECORDS;
-	if (scope.all) return {};
-	const any: Query[] = [];
-	if (scope.deptIds?.length) any.push({ deptId: { $in: scope.deptIds } });
-	if (scope.self) any.push({ userId: user.id });
-	return any.length ? { $or: any } : null;
-}

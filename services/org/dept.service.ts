@@ -2,6 +2,7 @@ import { Errors, type Context } from "moleculer";
 import { DbMixin, type DbMethods } from "../../mixins/db.mixin";
 import { TenantMixin, companyIdParam, type TenantMethods } from "../../mixins/tenant.mixin";
 import { buildTree, withDescendants } from "../../lib/org/dept-tree";
+import { scopeOf } from "../../lib/org/scope";
 import { idListParam, idParam, nameParam, optionalId } from "../../lib/org/params";
 import { serviceSchema } from "../../lib/service";
 import type { RequestMeta } from "../../types/context";
@@ -57,8 +58,8 @@ const DeptService = serviceSchema({
 			async handler(this: Svc, ctx: Ctx<{ companyId?: string }>) {
 				const user = this.caller(ctx);
 				const depts = await this.companyDepts(ctx, this.companyOf(ctx, ctx.params.companyId));
-				const scope = user.dataScope;
-				if (user.platformAdmin || !scope || scope.all) return buildTree(depts);
+				const scope = scopeOf(user);
+				if (scope.all) return buildTree(depts);
 				const visible = new Set(scope.deptIds);
 				if (scope.self && user.deptId) visible.add(user.deptId);
 				return buildTree(depts.filter(d => visible.has(d.id)));

@@ -5,7 +5,8 @@ import { ConfigMixin } from "../../mixins/config.mixin";
 import { serviceSchema } from "../../lib/service";
 import { ChainVerifier, chainOf, recordHash, type AuditRecord, type ChainHead, type ChainReport, type RecordKind } from "../../lib/audit/chain";
 import { AuditLogEntity, loginFields, operationFields, type RecordFields } from "../../lib/audit/record";
-import { dataScopeQuery, parseIsoDate, timeRange } from "../../lib/audit/query";
+import { parseIsoDate, timeRange } from "../../lib/audit/query";
+import { and, dataScopeQuery } from "../../lib/org/scope";
 import type { LoginAttemptedEvent, OperationPerformedEvent } from "../../types/audit";
 import type { RequestMeta } from "../../types/context";
 import type { Page, Query } from "../../types/entity";
@@ -232,10 +233,8 @@ const LogService = serviceSchema({
 			const { page = 1, pageSize = 20, from, to, sort = "-at", companyId } = ctx.params;
 			const range = timeRange(from, to);
 			const tenant = this.tenantQuery(ctx, {}, companyId);
-			const scope = dataScopeQuery(this.caller(ctx));
-			if (!scope) return { rows: [], total: 0, page, pageSize, totalPages: 0 };
 			const given = Object.fromEntries(Object.entries(filters).filter(([, v]) => v !== undefined));
-			const query: Query = { ...tenant, ...scope, ...given, ...range, kind };
+			const query: Query = and({ ...tenant, ...given, ...range, kind }, dataScopeQuery(this.caller(ctx), { dept: "deptId", owner: "userId" }));
 			const tieBreak = sort === "-at" ? "-seq" : "seq";
 			return this.listEntities(ctx, { query, sort: [sort, tieBreak], page, pageSize });
 		},

@@ -5,7 +5,7 @@ import { TenantMixin, companyIdParam, type TenantMethods } from "../../mixins/te
 import { DEFAULT_PASSWORD_POLICY, hashPassword, passwordProblem, MAX_PASSWORD_LENGTH } from "../../lib/security/password";
 import { ConfigMixin } from "../../mixins/config.mixin";
 import { idListParam, idParam, listParams, nameParam, optionalId, pageOf, statusParam, type ListQuery } from "../../lib/org/params";
-import { and, dataScopeQuery } from "../../lib/org/scope";
+import { and, dataScopeQuery, scopeOf } from "../../lib/org/scope";
 import { serviceSchema } from "../../lib/service";
 import type { RequestMeta } from "../../types/context";
 import type { EntityDefinition, Query } from "../../types/entity";
@@ -278,9 +278,8 @@ const UserService = serviceSchema({
 		/** Whether the caller's data scope covers `user`. */
 		inScope(this: Svc, ctx: Ctx, user: Doc) {
 			const caller = this.caller(ctx);
-			const scope = caller.dataScope;
-			if (caller.platformAdmin || !scope || scope.all) return true;
-			return (scope.self && user.id === caller.id) || scope.deptIds.includes(user.deptId as string);
+			const scope = scopeOf(caller);
+			return scope.all || (scope.self && user.id === caller.id) || scope.deptIds.includes(user.deptId as string);
 		},
 
 		async getVisible(this: Svc, ctx: Ctx, id: string) {

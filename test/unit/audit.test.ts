@@ -8,7 +8,7 @@ import { REDACTED, redactParams } from "../../lib/audit/redact";
 import { errorSummary, isAudited, isMutatingRest, targetOf } from "../../lib/audit/operation";
 import { ChainVerifier, GENESIS_HASH, canonicalJson, genesisHead, recordHash, type AuditRecord, type ChainHead } from "../../lib/audit/chain";
 import { columnText, loginFields, operationFields } from "../../lib/audit/record";
-import { parseIsoDate, timeRange, dataScopeQuery } from "../../lib/audit/query";
+import { parseIsoDate, timeRange } from "../../lib/audit/query";
 
 describe("redactParams", () => {
 	it("replaces secrets at any depth, in arrays too, and keeps everything else verbatim", () => {
@@ -209,13 +209,5 @@ describe("log query filters", () => {
 			assert.throws(() => parseIsoDate("from", bad), (err: { code: number }) => err.code === 422, bad);
 		assert.deepEqual(timeRange(undefined, "2024-05-01"), { at: { $lt: new Date("2024-05-02T00:00:00Z") } });
 		assert.throws(() => timeRange("2024-05-02", "2024-05-01T00:00:00Z"), /must not be after/);
-	});
-
-	it("turns a data scope into a filter, failing closed", () => {
-		const user = { id: "u1", username: "u", companyId: "c", roles: [], permissions: [] };
-		assert.deepEqual(dataScopeQuery({ ...user, dataScope: { all: true, deptIds: [], self: false } }), {});
-		assert.deepEqual(dataScopeQuery({ ...user, dataScope: { all: false, deptIds: ["d1"], self: true } }), { $or: [{ deptId: { $in: ["d1"] } }, { userId: "u1" }] });
-		assert.deepEqual(dataScopeQuery(user), { $or: [{ userId: "u1" }] });
-		assert.equal(dataScopeQuery({ ...user, dataScope: { all: false, deptIds: [], self: false } }), null);
 	});
 });
