@@ -5,7 +5,7 @@ import { serviceSchema } from "../../lib/service";
 import type { PermissionDeclaration } from "../../types/access";
 import type { RequestMeta } from "../../types/context";
 import type { EntityDefinition } from "../../types/entity";
-import { STATUSES, type Status } from "../../types/org";
+import { STATUSES, type EntityEvent, type Status } from "../../types/org";
 
 /**
  * The data dictionary: dictionary types (`code`, `name`, …) each holding a short list of items
@@ -268,6 +268,13 @@ const DataDictService = serviceSchema({
 				});
 				return removed;
 			},
+		},
+	},
+
+	events: {
+		/** A deleted company's dictionaries go with it. */
+		async "company.company.removed"(this: DbMethods, ctx: Context<EntityEvent>) {
+			await this.removeEntities(ctx, { scope: ctx.params.entity.id });
 		},
 	},
 

@@ -273,6 +273,10 @@ for (const mode of ["embedded", "cluster"] as const) {
 			it("signs out a disabled company's users and refuses their logins; only a disabled company can be deleted", async () => {
 				const other = await createCompany(org);
 				expectStatus(await other.admin.get("/api/depts"), 200);
+				// Records of each kind, to see them go with the company.
+				const dept = expectStatus(await other.admin.post("/api/depts", { name: "Doomed" }), 200);
+				expectStatus(await other.admin.post("/api/grants", { subjectType: "dept", subjectId: dept.id, permission: "dept:read" }), 200);
+				expectStatus(await other.admin.post("/api/dicts", { code: "doomed", name: "Doomed" }), 200);
 				const enabled = await org.admin.delete(`/api/companies/${other.id}`);
 				assert.equal(enabled.status, 409);
 				expectStatus(await org.admin.put(`/api/companies/${other.id}`, { status: "disabled" }), 200);
@@ -280,7 +284,11 @@ for (const mode of ["embedded", "cluster"] as const) {
 				assert.equal((await org.anonymous.post("/api/auth/login", { username: `${other.code}-admin`, password: other.adminPassword })).status, 401);
 				expectStatus(await org.admin.delete(`/api/companies/${other.id}`), 200);
 				assert.equal((await org.admin.get(`/api/companies/${other.id}`)).status, 404);
-				await waitFor(async () => (await org.admin.get(`/api/users?companyId=${other.id}`)).body.total === 0, "the company's users to go with it");
+				const gone = async (path: string) => (await org.admin.get(`${path}companyId=${other.id}`)).body.total === 0;
+				// Dictionaries list the global ones too: only the company's own must go.
+				const dictsGone = async () => (await org.admin.get(`/api/dicts?companyId=${other.id}`)).body.rows.every((d: { global: boolean }) => d.global);
+				await waitFor(async () => (await gone("/api/users?")) && (await gone("/api/roles?")) && (await gone("/api/grants?")) && (await dictsGone()), "the company's records to go with it");
+				assert.deepEqual(expectStatus(await org.admin.get(`/api/depts?companyId=${other.id}`), 200), []);
 			});
 		});
 
