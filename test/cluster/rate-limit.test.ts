@@ -49,12 +49,14 @@ describe("rate limits across two gateway nodes with REDIS_URL", () => {
 			nodes.push(new ClusterNode(name, { groups: ["gateway", "platform", "org"], env: { ...env, PORT: String(port), HOST: "127.0.0.1" } }));
 		}
 		nodes.forEach(n => n.start());
-		// Readiness probes from addresses of their own: the limits under test stay untouched.
-		await Promise.all(nodes.map((n, i) => n.started(async () => (await request(`${urls[i]}/api/ready`, { "X-Forwarded-For": `192.0.2.${i + 1}` })).status === 200, "ready")));
-		const admin = await post("/api/auth/login", { username: "admin", password: ADMIN_PASSWORD }, "192.0.2.10");
+		// Each readiness probe from an address of its own: neither the limits under test nor a slow start exhaust a budget.
+		let probe = 0;
+		const from = () => `192.0.${2 + Math.floor(++probe / 250)}.${probe % 250}`;
+		await Promise.all(nodes.map((n, i) => n.started(async () => (await request(`${urls[i]}/api/ready`, { "X-Forwarded-For": from() })).status === 200, "ready", 60_000)));
+		const admin = await post("/api/auth/login", { username: "admin", password: ADMIN_PASSWORD }, "198.18.0.1");
 		const code = `rl-${randomUUID().slice(0, 8)}`;
-		await post("/api/companies", { name: "Rate limits", code, admin: { username: `${code}-admin`, password: "Company-admin-1", name: "A" } }, "192.0.2.11", admin.accessToken as string);
-		const companyAdmin = await post("/api/auth/login", { username: `${code}-admin`, password: "Company-admin-1" }, "192.0.2.12");
+		await post("/api/companies", { name: "Rate limits", code, admin: { username: `${code}-admin`, password: "Company-admin-1", name: "A" } }, "198.18.0.2", admin.accessToken as string);
+		const companyAdmin = await post("/api/auth/login", { username: `${code}-admin`, password: "Company-admin-1" }, "198.18.0.3");
 		// The company's administrator has spent nothing of its budget; the platform administrator one request.
 		tokens.push(companyAdmin.accessToken as string, admin.accessToken as string);
 	});
