@@ -9,7 +9,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import type { BrokerOptions, LoggerConfig, MetricRegistryOptions, Middleware, TracerOptions } from "moleculer";
-import type { PlatformSettings, StoreSettings } from "./types/platform";
+import type { FileStorageSettings, PlatformSettings, StoreSettings } from "./types/platform";
 import IdempotentRetryMiddleware from "./middlewares/idempotent-retry.middleware";
 import AuditMiddleware from "./middlewares/audit.middleware";
 import { PrometheusTextReporter } from "./lib/metrics/prometheus-text.reporter";
@@ -90,6 +90,22 @@ function logger(env: Env): LoggerConfig {
 	};
 }
 
+/** File chunks in S3 when `S3_BUCKET` is set, else on local disk under DATA_DIR. */
+function fileStorage(env: Env, dataDir: string): FileStorageSettings {
+	if (!env.S3_BUCKET) return { kind: "local", dir: path.join(dataDir, "files") };
+	const endpoint = env.S3_ENDPOINT || null;
+	return {
+		kind: "s3",
+		endpoint,
+		bucket: env.S3_BUCKET,
+		region: env.S3_REGION || "us-east-1",
+		accessKeyId: env.S3_ACCESS_KEY || null,
+		secretAccessKey: env.S3_SECRET_KEY || null,
+		// S3-compatible servers want path-style addressing; AWS itself prefers virtual hosts.
+		forcePathStyle: env.S3_FORCE_PATH_STYLE ? env.S3_FORCE_PATH_STYLE !== "false" : endpoint != null,
+	};
+}
+
 /** A PEM given inline or as a path to a file holding it. */
 function pem(name: string, raw: string | undefined): string | null {
 	if (!raw) return null;
@@ -116,6 +132,7 @@ export function createPlatformSettings(env: Env = process.env): PlatformSettings
 			adminUsername: env.ADMIN_USERNAME || "admin",
 			adminPassword: env.ADMIN_PASSWORD || null,
 		},
+		files: { storage: fileStorage(env, dataDir) },
 		license: {
 			publicKey: pem("LICENSE_PUBLIC_KEY", env.LICENSE_PUBLIC_KEY) ?? fs.readFileSync(path.join(PROJECT_ROOT, "keys", "license-public.pem"), "utf8"),
 			privateKey: pem("LICENSE_PRIVATE_KEY", env.LICENSE_PRIVATE_KEY),

@@ -46,6 +46,21 @@ export interface LicenseSettings {
 	privateKey: string | null;
 }
 
+/** Where file chunks live: local disk under DATA_DIR (embedded default) or an S3 bucket. */
+export type FileStorageSettings =
+	| { kind: "local"; dir: string }
+	| {
+			kind: "s3";
+			/** null = AWS itself; set for S3-compatible servers (MinIO, s3rver). */
+			endpoint: string | null;
+			bucket: string;
+			region: string;
+			accessKeyId: string | null;
+			secretAccessKey: string | null;
+			/** Path-style addressing (`endpoint/bucket/key`), which S3-compatible servers need. */
+			forcePathStyle: boolean;
+	  };
+
 export interface PlatformSettings {
 	/** The platform's version (package.json). */
 	version: string;
@@ -62,6 +77,7 @@ export interface PlatformSettings {
 	http: HttpSettings;
 	security: SecuritySettings;
 	license: LicenseSettings;
+	files: { storage: FileStorageSettings };
 	/** Directory served at `/` by the gateway. */
 	publicDir: string;
 }
