@@ -73,6 +73,9 @@ async function hasBucket(endpoint: string, region: string, accessKeyId: string, 
  */
 async function spawnS3rver(port: number, dir: string, bucket: string): Promise<ChildProcess> {
 	const child = spawn(process.execPath, [
+		// s3rver's ListObjectsV2 continuation tokens are DES-encrypted, which OpenSSL 3 only has in its
+		// legacy provider: without it every listing past the first page is a 500
+		"--openssl-legacy-provider",
 		CLI, "--directory", dir, "--address", "127.0.0.1", "--port", String(port), "--silent", "--configure-bucket", bucket,
 	], { stdio: ["ignore", "pipe", "pipe"] });
 	let output = "";

@@ -21,6 +21,7 @@ import {
 	type BucketLocationConstraint,
 	type S3ClientConfig,
 } from "@aws-sdk/client-s3";
+import { Readable } from "node:stream";
 import type { FileStorageSettings } from "../../../types/platform";
 import {
 	BaseChunkStorage,
@@ -147,7 +148,8 @@ export class S3ChunkStorage extends BaseChunkStorage {
 			}));
 			if (!res.Body) throw new ChunkStorageError(`S3 GetObject of '${PREFIX}${key}' returned no body`);
 			// In Node the body is the HTTP response itself: a readable stream, read as it arrives.
-			return res.Body as NodeJS.ReadableStream;
+			const body = res.Body as Readable;
+			return range ? exactly(body, served(res.ContentRange), range) : body;
 		} catch (err) {
 			if (err instanceof ChunkStorageError) throw err;
 			if (isNotFound(err) && codeOf(err) !== "NoSuchBucket") throw new ChunkNotFoundError(key);
@@ -219,6 +221,45 @@ export class S3ChunkStorage extends BaseChunkStorage {
 			{ cause: err },
 		);
 	}
+}
+
+/** The bytes a server sent, from Content-Range; null when it sent the whole object. */
+function served(contentRange: string | undefined): { start: number; end: number } | null {
+	const match = /^bytes (\d+)-(\d+)\//.exec(contentRange ?? "");
+	return match ? { start: Number(match[1]), end: Number(match[2]) } : null;
+}
+
+/**
+ * The bytes [range.start, range.end] out of a body holding `sent` (null: the whole object). S3
+ * sends exactly the range asked for, and the body is passed on untouched; but some S3-compatible
+ * servers send more (s3rver answers `bytes=0-0` with the whole object), which is cut here.
+ */
+function exactly(body: Readable, sent: { start: number; end: number } | null, range: ChunkRange): Readable {
+	const from = sent?.start ?? 0;
+	if (from === range.start && sent && sent.end <= range.end) return body;
+	if (from > range.start) {
+		body.destroy();
+		throw new ChunkStorageError(`S3 server sent bytes from ${from} for a range starting at ${range.start}`);
+	}
+	let skip = range.start - from;
+	let left = range.end - range.start + 1;
+	async function* trim(): AsyncGenerator<Buffer> {
+		// leaving the loop early (range complete, or the reader gave up) destroys the body
+		for await (const part of body) {
+			let bytes = part as Buffer;
+			if (skip > 0) {
+				const n = Math.min(skip, bytes.length);
+				bytes = bytes.subarray(n);
+				skip -= n;
+			}
+			if (bytes.length === 0) continue;
+			if (bytes.length > left) bytes = bytes.subarray(0, left);
+			left -= bytes.length;
+			yield bytes;
+			if (left === 0) return;
+		}
+	}
+	return Readable.from(trim(), { objectMode: false });
 }
 
 function clientConfig(settings: S3StorageSettings): S3ClientConfig {
