@@ -186,6 +186,8 @@ const GatewayService = serviceSchema({
 			ctx.meta.clientIp = ip;
 			const agent = req.headers["user-agent"];
 			if (agent) ctx.meta.userAgent = agent.slice(0, 200);
+			const { range, "if-none-match": ifNoneMatch } = req.headers;
+			if (range || ifNoneMatch) ctx.meta.http = { range: range?.slice(0, 1000), ifNoneMatch: ifNoneMatch?.slice(0, 1000) };
 			this.applyLimit(res, await this.limiter.consumeIp(ip));
 		},
 
@@ -248,11 +250,13 @@ const GatewayService = serviceSchema({
 
 		accessLog(this: Gateway, req: Req, res: Res) {
 			const started = process.hrtime.bigint();
+			// Read now: by the time the answer is sent the socket may be gone (a client that hung up).
+			const ip = this.clientIp(req);
 			res.once("finish", () => {
 				const ms = Number(process.hrtime.bigint() - started) / 1e6;
 				const user = req.$ctx?.meta.user?.username ?? "-";
 				const url = (req.originalUrl ?? req.url ?? "").split("?")[0];
-				this.logger.info(`${req.method} ${url} ${res.statusCode} ${ms.toFixed(1)}ms rid=${res.getHeader("X-Request-ID") ?? "-"} ip=${this.clientIp(req)} user=${user}`);
+				this.logger.info(`${req.method} ${url} ${res.statusCode} ${ms.toFixed(1)}ms rid=${res.getHeader("X-Request-ID") ?? "-"} ip=${ip} user=${user}`);
 			});
 		},
 	},
@@ -317,6 +321,9 @@ const GatewayService = serviceSchema({
 
 	started(this: Gateway) {
 		this.server.prependListener("request", (req, res) => this.accessLog(req as Req, res));
+		// Node ends any request not received whole within 5 minutes; a multi-gigabyte upload takes
+		// longer. Idle connections are still cut by httpServerTimeout, and headers must come within headersTimeout.
+		this.server.requestTimeout = 0;
 	},
 
 	async stopped(this: Gateway) {
