@@ -8,6 +8,8 @@ export interface RequestMeta {
 	clientIp?: string;
 	/** The client's User-Agent, as the gateway received it. */
 	userAgent?: string;
+	/** Conditional and partial request headers, for actions that answer bytes (downloads). */
+	http?: { range?: string; ifNoneMatch?: string };
 	/** moleculer-web: the HTTP status of the answer (e.g. 204). */
 	$statusCode?: number;
 }
