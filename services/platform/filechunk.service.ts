@@ -1,8 +1,9 @@
-import { Errors, type Context } from "moleculer";
+import { Errors, type Context, type Service } from "moleculer";
 import { DbMixin, type DbMethods } from "../../mixins/db.mixin";
 import { ConfigMixin } from "../../mixins/config.mixin";
 import { createChunkStorage, type ChunkStorage } from "../../lib/files/storage";
 import { serviceSchema } from "../../lib/service";
+import { refuseUnsharedReplica } from "../../lib/replicas";
 import type { EntityDefinition } from "../../types/entity";
 
 /**
@@ -199,6 +200,12 @@ const FileChunkService = serviceSchema({
 	},
 
 	async started(this: Svc) {
+		if (this.storage.kind === "local")
+			refuseUnsharedReplica(
+				this as unknown as Service,
+				"FILES_NOT_SHARED",
+				"this node keeps file chunks on its local disk. Replicas of filechunk share chunks through S3: set S3_BUCKET (and S3_ENDPOINT) on every node that runs it.",
+			);
 		await this.storage.init();
 		this.scheduleGc();
 	},

@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import { Readable } from "node:stream";
 import contentDisposition from "content-disposition";
 import parseRange from "range-parser";
-import { Errors, type Context } from "moleculer";
+import { Errors, type Context, type Service } from "moleculer";
 import { DbMixin, type DbMethods } from "../../mixins/db.mixin";
 import { TenantMixin, companyIdParam, type TenantMethods } from "../../mixins/tenant.mixin";
 import { ConfigMixin } from "../../mixins/config.mixin";
@@ -13,6 +13,7 @@ import { ChunkHashMismatchError, createChunkStorage, type ChunkStorage } from ".
 import { idParam, listParams, pageOf, type ListQuery } from "../../lib/org/params";
 import { and, dataScopeQuery, scopeOf } from "../../lib/org/scope";
 import { serviceSchema } from "../../lib/service";
+import { refuseUnsharedReplica } from "../../lib/replicas";
 import type { RequestMeta } from "../../types/context";
 import type { EntityDefinition } from "../../types/entity";
 import type { EntityEvent } from "../../types/org";
@@ -461,6 +462,12 @@ const FilesService = serviceSchema({
 	},
 
 	async started(this: Svc) {
+		if (this.storage.kind === "local")
+			refuseUnsharedReplica(
+				this as unknown as Service,
+				"FILES_NOT_SHARED",
+				"this node keeps file chunks on its local disk. Replicas of files share chunks through S3: set S3_BUCKET (and S3_ENDPOINT) on every node that runs it.",
+			);
 		await this.storage.init();
 		this.expireTimer = setInterval(() => this.expireUploads().catch(err => this.logger.warn("Expiring uploads failed", err)), EXPIRE_EVERY_MS);
 		this.expireTimer.unref();

@@ -5,7 +5,10 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import FileChunkService from "../../services/platform/filechunk.service";
+import { createTestBroker } from "../support/broker";
 import { createCompany, expectStatus, startOrg, type RunningOrg, type TestCompany } from "../support/org";
+import { startNats, testPostgres } from "../support/servers";
 import { startS3 } from "../support/s3";
 import { collect, download, fixedChunks, putChunk, randomContent, sha256, uploadFiles } from "../support/files";
 
@@ -178,6 +181,43 @@ for (const backend of ["local disk", "S3"] as const) {
 			assert.equal(after.bytes - before.bytes, 5);
 		});
 
+		it("collects only chunks nobody holds, also while uploads run, and expired uploads give theirs back", async () => {
+			const before = await stats();
+			const content = await collect(randomContent(3 * MiB, `${backend}-gc`));
+			const chunks = fixedChunks(content, MiB);
+			const declared = { name: "gc.bin", size: content.length, chunks: chunks.map(({ sha256, size }) => ({ sha256, size })) };
+			const running = expectStatus(await a.admin.post("/api/files/uploads", declared), 200);
+			expectStatus(await putChunk(a.admin, running.uploadId, 0, chunks[0].data), 200);
+			// A collection with no grace at all, mid-upload: the upload's chunk is referenced, so it stays.
+			await org.broker.call("filechunk.gc", { graceSeconds: 0 });
+			for (const i of [1, 2]) expectStatus(await putChunk(a.admin, running.uploadId, i, chunks[i].data), 200);
+			const file = expectStatus(await a.admin.post(`/api/files/uploads/${running.uploadId}/complete`), 200);
+			assert.equal(sha256((await download(a.admin, file.id)).body), sha256(content));
+
+			// An upload left unfinished past its lifetime gives its chunks back, and they go.
+			expectStatus(await org.admin.put("/api/config/files", { values: { uploadTtlSeconds: 1 } }), 200);
+			try {
+				const other = await collect(randomContent(MiB, `${backend}-abandoned`));
+				await waitUntil(async () => {
+					const res = await a.admin.post("/api/files/uploads", { name: "abandoned.bin", size: other.length, chunks: [{ sha256: sha256(other), size: other.length }] });
+					if (res.status !== 200) return false;
+					const expiresIn = Date.parse(res.body.expiresAt) - Date.now();
+					if (expiresIn > 1500) return false;
+					expectStatus(await putChunk(a.admin, res.body.uploadId, 0, other), 200);
+					return true;
+				});
+				assert.equal((await stats()).storedBytes - before.storedBytes, content.length + other.length);
+				await new Promise(r => setTimeout(r, 1100));
+				assert.ok((await org.broker.call<number>("files.expireUploads")) >= 1);
+			} finally {
+				expectStatus(await org.admin.put("/api/config/files", { values: {} }), 200);
+			}
+			expectStatus(await a.admin.delete(`/api/files/${file.id}`), 200);
+			const after = await stats();
+			assert.equal(after.storedBytes, before.storedBytes, "the abandoned upload's and the deleted file's chunks are gone");
+			assert.equal(after.chunks, before.chunks);
+		});
+
 		it("answers bad input with a clear 4xx and leaves no record or chunk behind", async () => {
 			const before = await stats();
 			const files = expectStatus(await a.admin.get("/api/files?pageSize=100"), 200).total;
@@ -236,3 +276,25 @@ async function waitUntil(check: () => Promise<boolean>, timeoutMs = 5000) {
 		await new Promise(r => setTimeout(r, 50));
 	}
 }
+
+describe("files refuses a second replica on local disk", () => {
+	it("because each node's disk would hold different chunks", async () => {
+		const nats = await startNats();
+		const pg = await testPostgres();
+		// A shared database, so that only the chunks' local disk stands in the way.
+		const env = { TRANSPORTER: nats.url, NAMESPACE: `files-${Date.now().toString(36)}`, DATABASE_URL: await pg.createDatabase(`files_replica_${Date.now().toString(36)}`) };
+		const first = createTestBroker({ ...env, NODE_ID: "files-first" });
+		first.createService(FileChunkService);
+		const second = createTestBroker({ ...env, NODE_ID: "files-second" });
+		second.createService(FileChunkService);
+		try {
+			await first.start();
+			await assert.rejects(second.start(), (err: Error & { type?: string }) => err.type === "FILES_NOT_SHARED" && /set S3_BUCKET/.test(err.message));
+		} finally {
+			await second.stop().catch(() => undefined);
+			await first.stop().catch(() => undefined);
+			await nats.stop();
+			if (pg.owned) await pg.stop();
+		}
+	});
+});
