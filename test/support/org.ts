@@ -91,6 +91,8 @@ export interface RunningOrg {
 	/** Every gateway of the platform (one when embedded); the same user can use any of them. */
 	urls: string[];
 	brokers: ServiceBroker[];
+	/** The environment the nodes share (cluster mode): start more nodes of this cluster with it. */
+	env: Record<string, string | undefined>;
 	/** The platform administrator, signed in. */
 	admin: Api;
 	anonymous: Api;
@@ -102,7 +104,7 @@ export async function startOrg(env: Record<string, string | undefined> = {}): Pr
 	const { broker, url } = await startNode(env);
 	const anonymous = new Api(url);
 	const admin = await anonymous.login("admin", ADMIN_PASSWORD);
-	return { broker, url, urls: [url], brokers: [broker], admin, anonymous, stop: () => broker.stop() };
+	return { broker, url, urls: [url], brokers: [broker], env, admin, anonymous, stop: () => broker.stop() };
 }
 
 /** One node running every service, its gateway on a free port. */
@@ -158,7 +160,7 @@ export async function startOrgCluster(env: Record<string, string | undefined> = 
 		const url = nodes[0].url;
 		const anonymous = new Api(url);
 		const admin = await anonymous.login("admin", ADMIN_PASSWORD);
-		return { broker: nodes[0].broker, url, urls: nodes.map(n => n.url), brokers: nodes.map(n => n.broker), admin, anonymous, stop };
+		return { broker: nodes[0].broker, url, urls: nodes.map(n => n.url), brokers: nodes.map(n => n.broker), env: shared, admin, anonymous, stop };
 	} catch (err) {
 		await stop();
 		throw err;
