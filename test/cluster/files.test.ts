@@ -1,7 +1,7 @@
 /**
  * Files across nodes: a gateway-only node streams uploads to, and downloads from, the files
  * service on other nodes over a real NATS (Moleculer's streams between nodes), with the chunks
- * on a real S3 server shared by the two service nodes.
+ * on the real S3 server (s3rver) the cluster's two service nodes share.
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
@@ -10,20 +10,17 @@ import GatewayService from "../../services/gateway/gateway.service";
 import { createTestBroker } from "../support/broker";
 import { collect, download, randomContent, sha256, uploadFiles } from "../support/files";
 import { createCompany, expectStatus, startOrgCluster, type RunningOrg } from "../support/org";
-import { startS3 } from "../support/s3";
 import { freePort, waitFor } from "../support/servers";
 
 const MiB = 1 << 20;
 
 describe("files through a gateway-only node over NATS, chunks on S3", () => {
-	let s3: Awaited<ReturnType<typeof startS3>>;
 	let org: RunningOrg;
 	let gateway: ServiceBroker;
 	let url: string;
 
 	before(async () => {
-		s3 = await startS3();
-		org = await startOrgCluster(s3.env);
+		org = await startOrgCluster();
 		const port = await freePort();
 		gateway = createTestBroker({ ...org.env, NODE_ID: `${org.env.NAMESPACE}-gateway`, PORT: String(port), HOST: "127.0.0.1", RATE_LIMIT_PER_IP: "0", RATE_LIMIT_PER_USER: "0" });
 		gateway.createService(GatewayService);
@@ -35,7 +32,6 @@ describe("files through a gateway-only node over NATS, chunks on S3", () => {
 	after(async () => {
 		await gateway?.stop();
 		await org?.stop();
-		await s3?.stop();
 	});
 
 	it("uploads and serves a file byte for byte, whole and in ranges, whichever node holds the service", async () => {

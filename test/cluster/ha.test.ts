@@ -1,6 +1,6 @@
 /**
  * Proof of HA with real processes: a nats-server, PostgreSQL as the shared store, Redis for the
- * sessions, two nodes of the stateful `platform` and `org` groups and a gateway node in front, all
+ * sessions, an S3 server for file chunks, two nodes of the stateful `platform` and `org` groups and a gateway node in front, all
  * started by scripts/node.sh.
  *
  * - One platform node is SIGKILLed while clients load the gateway: no client request fails
@@ -16,6 +16,7 @@ import type { ServiceBroker } from "moleculer";
 import { createTestBroker } from "../support/broker";
 import { ClusterNode, request } from "../support/cluster";
 import { ADMIN_PASSWORD, Api } from "../support/org";
+import { startS3 } from "../support/s3";
 import { freePort, startNats, startRedis, testPostgres, waitFor, type PostgresServer, type ServerProcess } from "../support/servers";
 
 const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms));
@@ -72,6 +73,7 @@ const retriesBy = (observer: ServiceBroker, nodeID: string) => counted(observer,
 describe("HA over real NATS and PostgreSQL", () => {
 	let nats: ServerProcess & { url: string };
 	let redis: ServerProcess & { url: string };
+	let s3: Awaited<ReturnType<typeof startS3>>;
 	let pg: PostgresServer & { owned: boolean };
 	let observer: ServiceBroker;
 	let gatewayUrl: string;
@@ -92,10 +94,12 @@ describe("HA over real NATS and PostgreSQL", () => {
 	before(async () => {
 		nats = await startNats();
 		redis = await startRedis();
+		s3 = await startS3();
 		pg = await testPostgres();
 		const env = {
 			TRANSPORTER: nats.url,
 			REDIS_URL: redis.url,
+			...s3.env,
 			JWT_SECRET: randomUUID(),
 			ADMIN_PASSWORD,
 			DATABASE_URL: await pg.createDatabase("cluster_ha"),
@@ -135,6 +139,7 @@ describe("HA over real NATS and PostgreSQL", () => {
 		await observer?.stop();
 		await nats?.stop();
 		await redis?.stop();
+		await s3?.stop();
 		if (pg?.owned) await pg.stop();
 	});
 

@@ -7,6 +7,7 @@ import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { ClusterNode, request } from "../support/cluster";
 import { ADMIN_PASSWORD } from "../support/org";
+import { startS3 } from "../support/s3";
 import { freePort, startNats, startRedis, testPostgres, type PostgresServer, type ServerProcess } from "../support/servers";
 
 const PER_IP = 10;
@@ -16,6 +17,7 @@ describe("rate limits across two gateway nodes with REDIS_URL", () => {
 	let nats: ServerProcess & { url: string };
 	let redis: ServerProcess & { url: string };
 	let pg: PostgresServer & { owned: boolean };
+	let s3: Awaited<ReturnType<typeof startS3>>;
 	const nodes: ClusterNode[] = [];
 	const urls: string[] = [];
 	/** Two signed-in users: the platform administrator and a company's administrator. */
@@ -29,10 +31,11 @@ describe("rate limits across two gateway nodes with REDIS_URL", () => {
 	};
 
 	before(async () => {
-		[nats, redis, pg] = await Promise.all([startNats(), startRedis(), testPostgres()]);
+		[nats, redis, pg, s3] = await Promise.all([startNats(), startRedis(), testPostgres(), startS3()]);
 		const env = {
 			TRANSPORTER: nats.url,
 			REDIS_URL: redis.url,
+			...s3.env,
 			DATABASE_URL: await pg.createDatabase("cluster_rate_limit"),
 			NAMESPACE: `rl-${randomUUID().slice(0, 8)}`,
 			TRUSTED_PROXIES: "loopback",
@@ -63,7 +66,7 @@ describe("rate limits across two gateway nodes with REDIS_URL", () => {
 
 	after(async () => {
 		await Promise.all(nodes.map(n => n.stop()));
-		await Promise.all([nats?.stop(), redis?.stop()]);
+		await Promise.all([nats?.stop(), redis?.stop(), s3?.stop()]);
 		if (pg?.owned) await pg.stop();
 	});
 

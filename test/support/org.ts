@@ -7,7 +7,8 @@ import path from "node:path";
 import type { ServiceBroker } from "moleculer";
 import { createTestBroker } from "./broker";
 import { randomUUID } from "node:crypto";
-import { freePort, startNats, startRedis, testPostgres, waitFor, type ServerProcess } from "./servers";
+import { freePort, startNats, startRedis, testPostgres, waitFor } from "./servers";
+import { startS3 } from "./s3";
 
 export const ROOT = path.resolve(__dirname, "../..");
 export const ADMIN_PASSWORD = "Platform-admin-1";
@@ -129,14 +130,17 @@ async function startNode(env: Record<string, string | undefined>): Promise<{ bro
 
 /**
  * The cluster mode: two nodes, each running every service with its own gateway, over a real
- * nats-server, sharing PostgreSQL (entities) and Redis (sessions, lockout, presence, cache).
+ * nats-server, sharing PostgreSQL (entities), Redis (sessions, lockout, presence, cache) and an
+ * S3 server (file chunks).
  */
 export async function startOrgCluster(env: Record<string, string | undefined> = {}): Promise<RunningOrg> {
-	const servers: ServerProcess[] = [];
+	const servers: { stop(): Promise<unknown> }[] = [];
 	const nats = await startNats();
 	servers.push(nats);
 	const redis = await startRedis();
 	servers.push(redis);
+	const s3 = await startS3();
+	servers.push(s3);
 	const pg = await testPostgres();
 	const database = `org_${randomUUID().replace(/-/g, "").slice(0, 12)}`;
 	const shared = {
@@ -145,6 +149,7 @@ export async function startOrgCluster(env: Record<string, string | undefined> = 
 		DATABASE_URL: await pg.createDatabase(database),
 		NAMESPACE: database,
 		JWT_SECRET: `test-secret-${randomUUID()}`,
+		...s3.env,
 		...env,
 	};
 	const nodes: { broker: ServiceBroker; url: string }[] = [];
