@@ -6,7 +6,7 @@ import { Errors, type Context, type Service } from "moleculer";
 import { DbMixin, type DbMethods } from "../../mixins/db.mixin";
 import { TenantMixin, companyIdParam, type TenantMethods } from "../../mixins/tenant.mixin";
 import { ConfigMixin } from "../../mixins/config.mixin";
-import { chunkStream, DEFAULT_CHUNKING } from "../../lib/files/chunker";
+import { DEFAULT_CHUNKING } from "../../lib/files/chunker";
 import { MIME_SNIFF_BYTES, sniffMime } from "../../lib/files/mime";
 import { checkFileName } from "../../lib/files/names";
 import { ChunkHashMismatchError, createChunkStorage, type ChunkStorage } from "../../lib/files/storage";
@@ -80,7 +80,6 @@ type Svc = DbMethods &
 		view(file: FileDoc): Record<string, unknown>;
 		usage(ctx: Ctx, companyId: string): Promise<number>;
 		checkRoom(ctx: Ctx, companyId: string, size: number): Promise<void>;
-		ingest(ctx: Ctx, name: string, input: Readable): Promise<Record<string, unknown>>;
 		readable(ctx: Ctx, id: string, status?: FileDoc["status"]): Promise<FileDoc>;
 		openUpload(ctx: Ctx, uploadId: string): Promise<FileDoc>;
 		readChunks(chunks: ChunkRef[], start: number, end: number): AsyncGenerator<Buffer>;
@@ -125,19 +124,86 @@ const FilesService = serviceSchema({
 	},
 
 	actions: {
-		upload: {
-			rest: { method: "POST", path: "/", type: "multipart", busboyConfig: { preservePath: true, limits: { files: 20, fields: 20, fieldSize: 4096, parts: 40 } } },
-			permission: "file:write",
-			// Streams of gigabytes take their time; the gateway's inactivity timeout still applies.
+		// --- Streamed uploads, fed chunk by chunk by `fileingest` on the gateway's node (see there).
+
+		ingestOpen: {
+			visibility: "public",
+			params: { name: { type: "any" } },
+			async handler(this: Svc, ctx: Ctx<{ name: unknown }>) {
+				const name = checkFileName(ctx.params.name);
+				const user = this.caller(ctx);
+				const companyId = this.companyOf(ctx);
+				const now = new Date();
+				const upload = await this.createEntity(ctx, {
+					companyId, ownerId: user.id, deptId: user.deptId ?? null, name, size: 0, sha256: null, mime: null, chunks: [], status: "uploading",
+					expiresAt: new Date(now.getTime() + this.config.uploadTtlSeconds * 1000), createdAt: now, updatedAt: now,
+				});
+				return { uploadId: upload.id };
+			},
+		},
+
+		/** The next chunk of a streamed upload (the stream is the params; `meta.ingest` says what it is). */
+		ingestChunk: {
+			visibility: "public",
 			timeout: 0,
-			description: "Upload one or more files (multipart/form-data), streamed: chunked, deduplicated, never held whole in memory.",
-			async handler(this: Svc, ctx: Ctx) {
+			async handler(this: Svc, ctx: Ctx & { meta: { ingest?: { uploadId: string; sha256: string; size: number } } }) {
 				const input = ctx.params as unknown as Readable;
 				try {
-					return await this.ingest(ctx, checkFileName(ctx.meta.filename), input);
+					const { uploadId, sha256, size } = ctx.meta.ingest ?? { uploadId: "", sha256: "", size: 0 };
+					const upload = await this.openUpload(ctx, uploadId);
+					const { maxFileBytes, quotaBytes } = this.config;
+					if (upload.size + size > maxFileBytes) throw clientError(`Files may be at most ${maxFileBytes} bytes`, 413, "FILE_TOO_LARGE", { maxFileBytes });
+					const used = await this.usage(ctx, upload.companyId);
+					if (used + size > quotaBytes) throw clientError(`The company's storage quota (${quotaBytes} bytes) would be exceeded`, 413, "QUOTA_EXCEEDED", { quotaBytes, usedBytes: used });
+					const data = await readAtMost(input, size);
+					const ref = { sha256, size };
+					// One reference per distinct chunk of a file, taken when the chunk first appears in it.
+					const fresh = !upload.chunks.some(c => c.sha256 === sha256);
+					if (fresh) {
+						const { known } = await ctx.call<{ known: string[] }, object>("filechunk.acquire", { companyId: upload.companyId, chunks: [ref] });
+						try {
+							if (!known.length) await this.storage.put(sha256, data);
+						} catch (err) {
+							await ctx.call("filechunk.release", { keys: [sha256], collect: true });
+							throw err;
+						}
+					}
+					const appended = await this.updateEntities(ctx, { id: upload.id, size: upload.size, status: "uploading" }, { chunks: [...upload.chunks, ref], size: upload.size + size, updatedAt: new Date() });
+					if (appended !== 1) {
+						if (fresh) await ctx.call("filechunk.release", { keys: [sha256], collect: true });
+						throw clientError("The upload changed meanwhile", 409, "CONFLICT");
+					}
+					return { size: upload.size + size };
 				} finally {
 					input.resume();
 				}
+			},
+		},
+
+		ingestFinish: {
+			visibility: "public",
+			params: { uploadId: idParam, sha256: { type: "string", pattern: /^[0-9a-f]{64}$/ } },
+			async handler(this: Svc, ctx: Ctx<{ uploadId: string; sha256: string }>) {
+				const upload = await this.openUpload(ctx, ctx.params.uploadId);
+				if (upload.size === 0) {
+					await this.discard(ctx, [upload]);
+					throw clientError(`The file '${upload.name}' is empty`, 422, "EMPTY_FILE");
+				}
+				let head = Buffer.alloc(0);
+				for await (const part of this.readChunks(upload.chunks, 0, Math.min(upload.size, MIME_SNIFF_BYTES) - 1)) head = Buffer.concat([head, part]);
+				await this.updateEntities(ctx, { id: upload.id, status: "uploading" }, { status: "ready", sha256: ctx.params.sha256, mime: await sniffMime(head, upload.name), expiresAt: null, updatedAt: new Date() });
+				return this.view(await this.readable(ctx, upload.id));
+			},
+		},
+
+		/** Drops a streamed upload that failed on the way, and its chunks. */
+		ingestAbort: {
+			visibility: "public",
+			params: { uploadId: idParam },
+			async handler(this: Svc, ctx: Ctx<{ uploadId: string }>) {
+				const upload = await this.openUpload(ctx, ctx.params.uploadId).catch(orNull);
+				if (upload) await this.discard(ctx, [upload]);
+				return Boolean(upload);
 			},
 		},
 
@@ -362,47 +428,6 @@ const FilesService = serviceSchema({
 			const used = await this.usage(ctx, companyId);
 			if (used + size > quotaBytes)
 				throw clientError(`The company's storage quota (${quotaBytes} bytes) would be exceeded: ${used} bytes are used`, 413, "QUOTA_EXCEEDED", { quotaBytes, usedBytes: used });
-		},
-
-		/**
-		 * A streamed upload: content-defined chunks, each referenced and stored (unless this company
-		 * already holds it) before the next is read. Nothing is left behind on failure.
-		 */
-		async ingest(this: Svc, ctx: Ctx, name: string, input: Readable) {
-			const user = this.caller(ctx);
-			const companyId = this.companyOf(ctx);
-			const { maxFileBytes, quotaBytes } = this.config;
-			const used = await this.usage(ctx, companyId);
-			const whole = createHash("sha256");
-			const chunks: ChunkRef[] = [];
-			const held = new Set<string>();
-			let size = 0;
-			let head: Buffer | null = null;
-			try {
-				for await (const chunk of chunkStream(input)) {
-					size += chunk.size;
-					if (size > maxFileBytes) throw clientError(`Files may be at most ${maxFileBytes} bytes`, 413, "FILE_TOO_LARGE", { maxFileBytes });
-					if (used + size > quotaBytes)
-						throw clientError(`The company's storage quota (${quotaBytes} bytes) would be exceeded`, 413, "QUOTA_EXCEEDED", { quotaBytes, usedBytes: used });
-					whole.update(chunk.data);
-					head ??= Buffer.from(chunk.data.subarray(0, MIME_SNIFF_BYTES));
-					chunks.push({ sha256: chunk.sha256, size: chunk.size });
-					if (held.has(chunk.sha256)) continue;
-					const { known } = await ctx.call<{ known: string[] }, object>("filechunk.acquire", { companyId, chunks: [chunks[chunks.length - 1]] });
-					held.add(chunk.sha256);
-					if (!known.length) await this.storage.put(chunk.sha256, chunk.data);
-				}
-				if (size === 0) throw clientError(`The file '${name}' is empty`, 422, "EMPTY_FILE");
-				const now = new Date();
-				const file = (await this.createEntity(ctx, {
-					companyId, ownerId: user.id, deptId: user.deptId ?? null, name, size, sha256: whole.digest("hex"), mime: await sniffMime(head ?? Buffer.alloc(0), name),
-					chunks, status: "ready", expiresAt: null, createdAt: now, updatedAt: now,
-				})) as unknown as FileDoc;
-				return this.view(file);
-			} catch (err) {
-				if (held.size) await ctx.call("filechunk.release", { keys: [...held], collect: true });
-				throw err;
-			}
 		},
 
 		/** A file of the caller's company and data scope, or 404. */

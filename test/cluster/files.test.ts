@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import type { ServiceBroker } from "moleculer";
+import FileIngestService from "../../services/gateway/file-ingest.service";
 import GatewayService from "../../services/gateway/gateway.service";
 import { createTestBroker } from "../support/broker";
 import { collect, download, randomContent, sha256, uploadFiles } from "../support/files";
@@ -24,6 +25,7 @@ describe("files through a gateway-only node over NATS, chunks on S3", () => {
 		const port = await freePort();
 		gateway = createTestBroker({ ...org.env, NODE_ID: `${org.env.NAMESPACE}-gateway`, PORT: String(port), HOST: "127.0.0.1", RATE_LIMIT_PER_IP: "0", RATE_LIMIT_PER_USER: "0" });
 		gateway.createService(GatewayService);
+		gateway.createService(FileIngestService);
 		await gateway.start();
 		url = `http://127.0.0.1:${port}`;
 		await waitFor(async () => (await fetch(`${url}/api/ready`)).status === 200, "the gateway-only node ready");
