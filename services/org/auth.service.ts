@@ -4,6 +4,7 @@ import { TenantMixin, companyIdParam, type TenantMethods } from "../../mixins/te
 import { withAncestors, withDescendants } from "../../lib/org/dept-tree";
 import { idListParam, idParam, listParams, pageOf, type ListQuery } from "../../lib/org/params";
 import { serviceSchema } from "../../lib/service";
+import { clientError } from "../../lib/errors";
 import { AUTHENTICATED, CORE_APPS, type AuthenticatedUser, type DataScope, type PermissionDeclaration, type PermissionInfo } from "../../types/access";
 import type { RequestMeta } from "../../types/context";
 import type { EntityDefinition, Query } from "../../types/entity";
@@ -40,7 +41,6 @@ type Svc = DbMethods &
 		checkSubject(ctx: Ctx, companyId: string, type: GrantSubject, id: string): Promise<void>;
 	};
 
-const clientError = (message: string, code: number, type: string, data?: unknown) => new Errors.MoleculerClientError(message, code, type, data);
 const unauthorized = (message: string, type: string) => new Errors.MoleculerClientError(message, 401, type);
 
 /**

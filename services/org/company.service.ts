@@ -1,8 +1,9 @@
-import { Errors, type Context } from "moleculer";
+import type { Context } from "moleculer";
 import { DbMixin, type DbMethods } from "../../mixins/db.mixin";
 import { idParam, listParams, nameParam, pageOf, statusParam, type ListQuery } from "../../lib/org/params";
 import { MAX_PASSWORD_LENGTH } from "../../lib/security/password";
 import { serviceSchema } from "../../lib/service";
+import { clientError } from "../../lib/errors";
 import { PLATFORM_ADMIN } from "../../types/access";
 import type { RequestMeta } from "../../types/context";
 import type { EntityDefinition } from "../../types/entity";
@@ -43,7 +44,6 @@ type Svc = DbMethods & {
 	checkCodeFree(ctx: Ctx, code: string): Promise<void>;
 };
 
-const clientError = (message: string, code: number, type: string, data?: unknown) => new Errors.MoleculerClientError(message, code, type, data);
 
 /**
  * Tenants, managed by the platform administrator. Creating a company creates its built-in roles

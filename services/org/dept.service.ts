@@ -1,10 +1,11 @@
-import { Errors, type Context } from "moleculer";
+import type { Context } from "moleculer";
 import { DbMixin, type DbMethods } from "../../mixins/db.mixin";
 import { TenantMixin, companyIdParam, type TenantMethods } from "../../mixins/tenant.mixin";
 import { buildTree, withDescendants } from "../../lib/org/dept-tree";
 import { scopeOf } from "../../lib/org/scope";
 import { idListParam, idParam, nameParam, optionalId } from "../../lib/org/params";
 import { serviceSchema } from "../../lib/service";
+import { clientError } from "../../lib/errors";
 import type { RequestMeta } from "../../types/context";
 import type { EntityDefinition } from "../../types/entity";
 import type { Dept, EntityEvent } from "../../types/org";
@@ -34,7 +35,6 @@ type Svc = DbMethods &
 		checkParent(ctx: Ctx, companyId: string, parentId: string | null | undefined, movingId?: string): Promise<void>;
 	};
 
-const clientError = (message: string, code: number, type: string, data?: unknown) => new Errors.MoleculerClientError(message, code, type, data);
 
 /** The department tree of each company: create, rename, move, order; no delete while it has sub-departments or users. */
 const DeptService = serviceSchema({

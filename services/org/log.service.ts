@@ -7,6 +7,7 @@ import { ChainVerifier, chainOf, recordHash, type AuditRecord, type ChainHead, t
 import { AuditLogEntity, loginFields, operationFields, type RecordFields } from "../../lib/audit/record";
 import { parseIsoDate, timeRange } from "../../lib/audit/query";
 import { and, dataScopeQuery } from "../../lib/org/scope";
+import { optionalId } from "../../lib/org/params";
 import type { LoginAttemptedEvent, OperationPerformedEvent } from "../../types/audit";
 import type { RequestMeta } from "../../types/context";
 import type { Page, Query } from "../../types/entity";
@@ -28,7 +29,6 @@ const BATCH = 500;
 const PURGE_EVERY_MS = 60 * 60 * 1000;
 const DAY_MS = 86_400_000;
 
-const idParam = { type: "string", min: 1, max: 64, optional: true };
 const dateParam = { type: "string", min: 1, max: 40, optional: true };
 const pageParams = {
 	page: { type: "number", integer: true, min: 1, optional: true, convert: true },
@@ -95,7 +95,7 @@ const LogService = serviceSchema({
 			params: {
 				$$strict: true,
 				...pageParams,
-				userId: idParam,
+				userId: optionalId,
 				service: { type: "string", min: 1, max: 64, optional: true },
 				action: { type: "string", min: 1, max: 128, optional: true },
 				result: { type: "enum", values: ["ok", "error"], optional: true },
@@ -114,7 +114,7 @@ const LogService = serviceSchema({
 			params: {
 				$$strict: true,
 				...pageParams,
-				userId: idParam,
+				userId: optionalId,
 				username: { type: "string", min: 1, max: 128, optional: true },
 				result: { type: "enum", values: ["ok", "failure", "locked", "disabled"], optional: true },
 			},

@@ -1,6 +1,8 @@
-import { Errors, type Context, type Service } from "moleculer";
+import type { Context, Service } from "moleculer";
 import { createPresenceStore, type Channel, type Connection, type PresenceStore } from "../../lib/presence";
 import { serviceSchema } from "../../lib/service";
+import { clientError } from "../../lib/errors";
+import { idParam } from "../../lib/org/params";
 import { refuseUnsharedReplica } from "../../lib/replicas";
 import type { AuthenticatedUser } from "../../types/access";
 import type { RequestMeta } from "../../types/context";
@@ -9,7 +11,6 @@ import type { SessionInfo, SessionsRevokedEvent, User } from "../../types/org";
 /** A session counts as online when it has a live connection or was used this recently. */
 const ONLINE_WINDOW_MS = 5 * 60_000;
 
-const idParam = { type: "string", min: 1, max: 64 };
 
 type Ctx<P = unknown> = Context<P, RequestMeta>;
 type Svc = {
@@ -34,7 +35,6 @@ export interface OnlineSession {
 	channels: { connectionId: string; channel: Channel; nodeID: string; since: string }[];
 }
 
-const clientError = (message: string, code: number, type: string, data?: unknown) => new Errors.MoleculerClientError(message, code, type, data);
 const sessionNotFound = (id: string) => clientError(`Session '${id}' not found`, 404, "NOT_FOUND", { id });
 
 /**

@@ -1,8 +1,9 @@
-import { Errors, type Context } from "moleculer";
+import type { Context } from "moleculer";
 import { DbMixin, type DbMethods } from "../../mixins/db.mixin";
 import { TenantMixin, companyIdParam, type TenantMethods } from "../../mixins/tenant.mixin";
 import { idListParam, idParam, listParams, nameParam, pageOf, type ListQuery } from "../../lib/org/params";
 import { serviceSchema } from "../../lib/service";
+import { clientError } from "../../lib/errors";
 import type { RequestMeta } from "../../types/context";
 import type { EntityDefinition } from "../../types/entity";
 import { COMPANY_ADMIN_ROLE, DATA_SCOPES, MEMBER_ROLE, type DataScopeKind, type EntityEvent, type Role } from "../../types/org";
@@ -50,7 +51,6 @@ type Svc = DbMethods &
 		seed(ctx: Ctx, companyId: string): Promise<Role[]>;
 	};
 
-const clientError = (message: string, code: number, type: string, data?: unknown) => new Errors.MoleculerClientError(message, code, type, data);
 
 const BUILTIN: Pick<Role, "code" | "name" | "dataScope">[] = [
 	{ code: COMPANY_ADMIN_ROLE, name: "Company administrator", dataScope: "all" },

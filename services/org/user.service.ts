@@ -6,7 +6,8 @@ import { DEFAULT_PASSWORD_POLICY, hashPassword, passwordProblem, MAX_PASSWORD_LE
 import { ConfigMixin } from "../../mixins/config.mixin";
 import { idListParam, idParam, listParams, nameParam, optionalId, pageOf, statusParam, type ListQuery } from "../../lib/org/params";
 import { and, dataScopeQuery, scopeOf } from "../../lib/org/scope";
-import { serviceSchema } from "../../lib/service";
+import { internalContext, serviceSchema } from "../../lib/service";
+import { clientError } from "../../lib/errors";
 import type { RequestMeta } from "../../types/context";
 import type { EntityDefinition, Query } from "../../types/entity";
 import { MEMBER_ROLE, type CompanyLicense, type EntityEvent, type Status, type UserCredentials } from "../../types/org";
@@ -76,7 +77,6 @@ interface NewUser {
 	phone?: string | null;
 }
 
-const clientError = (message: string, code: number, type: string, data?: unknown) => new Errors.MoleculerClientError(message, code, type, data);
 
 /** Users of every company, and the platform administrator. The password hash never leaves this service but to `security`. */
 const UserService = serviceSchema({
@@ -361,7 +361,7 @@ const UserService = serviceSchema({
 
 		/** First start: the platform administrator, with ADMIN_PASSWORD or a generated password printed once. */
 		async ensurePlatformAdmin(this: Svc) {
-			const ctx = this.broker.ContextFactory.create(this.broker, null as never, {}, {}) as Ctx;
+			const ctx = internalContext<Ctx>(this.broker);
 			const settings = this.broker.options.platform!.security;
 			if ((await this.countEntities(ctx, { query: { platformAdmin: true } })) > 0) return;
 			const password = settings.adminPassword ?? randomBytes(12).toString("base64url");

@@ -1,9 +1,9 @@
-import { Errors, type Context, type Service } from "moleculer";
+import { Errors, type Context } from "moleculer";
 import { DbMixin, type DbMethods } from "../../mixins/db.mixin";
 import { ConfigMixin } from "../../mixins/config.mixin";
-import { createChunkStorage, type ChunkStorage } from "../../lib/files/storage";
-import { serviceSchema } from "../../lib/service";
-import { refuseUnsharedReplica } from "../../lib/replicas";
+import { ChunkStorageMixin } from "../../mixins/chunk-storage.mixin";
+import type { ChunkStorage } from "../../lib/files/storage";
+import { internalContext, serviceSchema } from "../../lib/service";
 import type { EntityDefinition } from "../../types/entity";
 
 /**
@@ -49,7 +49,7 @@ const pause = (ms: number) => new Promise(resolve => setTimeout(resolve, ms));
 
 const FileChunkService = serviceSchema({
 	name: "filechunk",
-	mixins: [DbMixin(ChunkEntity), ConfigMixin<GcConfig>("files", { gcGraceSeconds: 3600, gcIntervalSeconds: 600 })],
+	mixins: [DbMixin(ChunkEntity), ChunkStorageMixin(), ConfigMixin<GcConfig>("files", { gcGraceSeconds: 3600, gcIntervalSeconds: 600 })],
 
 	actions: {
 		/**
@@ -183,7 +183,7 @@ const FileChunkService = serviceSchema({
 		scheduleGc(this: Svc) {
 			if (this.gcTimer) clearInterval(this.gcTimer);
 			this.gcTimer = setInterval(() => {
-				const ctx = this.broker.ContextFactory.create(this.broker, null as never, {}, {});
+				const ctx = internalContext(this.broker);
 				this.collect(ctx, null, this.config.gcGraceSeconds).catch(err => this.logger.warn("Chunk collection failed", err));
 			}, Math.max(1, this.config.gcIntervalSeconds) * 1000);
 			this.gcTimer.unref();
@@ -195,24 +195,15 @@ const FileChunkService = serviceSchema({
 	},
 
 	created(this: Svc) {
-		this.storage = createChunkStorage(this.broker.options.platform!.files.storage);
 		this.gcTimer = null;
 	},
 
-	async started(this: Svc) {
-		if (this.storage.kind === "local")
-			refuseUnsharedReplica(
-				this as unknown as Service,
-				"FILES_NOT_SHARED",
-				"this node keeps file chunks on its local disk. Replicas of filechunk share chunks through S3: set S3_BUCKET (and S3_ENDPOINT) on every node that runs it.",
-			);
-		await this.storage.init();
+	started(this: Svc) {
 		this.scheduleGc();
 	},
 
-	async stopped(this: Svc) {
+	stopped(this: Svc) {
 		if (this.gcTimer) clearInterval(this.gcTimer);
-		await this.storage.close();
 	},
 });
 

@@ -2,18 +2,19 @@ import { createHash } from "node:crypto";
 import { Readable } from "node:stream";
 import contentDisposition from "content-disposition";
 import parseRange from "range-parser";
-import { Errors, type Context, type Service } from "moleculer";
+import { Errors, type Context } from "moleculer";
 import { DbMixin, type DbMethods } from "../../mixins/db.mixin";
 import { TenantMixin, companyIdParam, type TenantMethods } from "../../mixins/tenant.mixin";
 import { ConfigMixin } from "../../mixins/config.mixin";
+import { ChunkStorageMixin } from "../../mixins/chunk-storage.mixin";
 import { DEFAULT_CHUNKING } from "../../lib/files/chunker";
 import { MIME_SNIFF_BYTES, sniffMime } from "../../lib/files/mime";
 import { checkFileName } from "../../lib/files/names";
-import { ChunkHashMismatchError, createChunkStorage, type ChunkStorage } from "../../lib/files/storage";
+import { ChunkHashMismatchError, type ChunkStorage } from "../../lib/files/storage";
 import { idParam, listParams, pageOf, type ListQuery } from "../../lib/org/params";
 import { and, dataScopeQuery, scopeOf } from "../../lib/org/scope";
-import { serviceSchema } from "../../lib/service";
-import { refuseUnsharedReplica } from "../../lib/replicas";
+import { internalContext, serviceSchema } from "../../lib/service";
+import { clientError } from "../../lib/errors";
 import type { RequestMeta } from "../../types/context";
 import type { EntityDefinition } from "../../types/entity";
 import type { EntityEvent } from "../../types/org";
@@ -87,7 +88,6 @@ type Svc = DbMethods &
 		expireUploads(): Promise<number>;
 	};
 
-const clientError = (message: string, code: number, type: string, data?: unknown) => new Errors.MoleculerClientError(message, code, type, data);
 const notFound = (id: string) => clientError(`File '${id}' not found`, 404, "NOT_FOUND", { id });
 /** A 404 becomes null; anything else stays an error. */
 const orNull = (err: Errors.MoleculerError) => {
@@ -113,7 +113,7 @@ async function readAtMost(input: Readable, max: number): Promise<Buffer> {
 
 const FilesService = serviceSchema({
 	name: "files",
-	mixins: [DbMixin(FileEntity), TenantMixin("File"), ConfigMixin<FilesConfig>("files", CONFIG_DEFAULTS)],
+	mixins: [DbMixin(FileEntity), TenantMixin("File"), ChunkStorageMixin(), ConfigMixin<FilesConfig>("files", CONFIG_DEFAULTS)],
 	settings: {
 		rest: "/files",
 		app: "files",
@@ -474,7 +474,7 @@ const FilesService = serviceSchema({
 		},
 
 		async expireUploads(this: Svc) {
-			const ctx = this.broker.ContextFactory.create(this.broker, null as never, {}, {}) as Ctx;
+			const ctx = internalContext<Ctx>(this.broker);
 			const expired = (await this.findEntities(ctx, { query: { status: "uploading", expiresAt: { $lt: new Date() } }, limit: 1000 })) as unknown as FileDoc[];
 			await this.discard(ctx, expired);
 			return expired.length;
@@ -482,25 +482,16 @@ const FilesService = serviceSchema({
 	},
 
 	created(this: Svc) {
-		this.storage = createChunkStorage(this.broker.options.platform!.files.storage);
 		this.expireTimer = null;
 	},
 
-	async started(this: Svc) {
-		if (this.storage.kind === "local")
-			refuseUnsharedReplica(
-				this as unknown as Service,
-				"FILES_NOT_SHARED",
-				"this node keeps file chunks on its local disk. Replicas of files share chunks through S3: set S3_BUCKET (and S3_ENDPOINT) on every node that runs it.",
-			);
-		await this.storage.init();
+	started(this: Svc) {
 		this.expireTimer = setInterval(() => this.expireUploads().catch(err => this.logger.warn("Expiring uploads failed", err)), EXPIRE_EVERY_MS);
 		this.expireTimer.unref();
 	},
 
-	async stopped(this: Svc) {
+	stopped(this: Svc) {
 		if (this.expireTimer) clearInterval(this.expireTimer);
-		await this.storage.close();
 	},
 });
 

@@ -7,6 +7,8 @@ import { decoyHash, hashPassword, MAX_PASSWORD_LENGTH, passwordProblem, verifyPa
 import { createSessionStore, sessionExpiry, type Session, type SessionFilter, type SessionLimits, type SessionStore } from "../../lib/security/sessions";
 import { hashRefreshToken, newRefreshToken, refreshTokenSession, signAccessToken, verifyAccessToken } from "../../lib/security/tokens";
 import { serviceSchema } from "../../lib/service";
+import { clientError } from "../../lib/errors";
+import { idParam, optionalId } from "../../lib/org/params";
 import { refuseUnsharedReplica } from "../../lib/replicas";
 import { AUTHENTICATED, type AuthenticatedUser, type ResolveTokenParams } from "../../types/access";
 import type { LoginAttemptedEvent } from "../../types/audit";
@@ -34,8 +36,6 @@ export const SECURITY_DEFAULTS: SecurityConfig = {
 const TOUCH_EVERY_MS = 60_000;
 const DEVICE_MAX = 200;
 
-const idParam = { type: "string", min: 1, max: 64 };
-const optionalId = { ...idParam, optional: true };
 const passwordParam = { type: "string", min: 1, max: MAX_PASSWORD_LENGTH };
 
 type Ctx<P = unknown> = Context<P, RequestMeta>;
@@ -63,7 +63,6 @@ type Svc = {
 	refuseUnsharedReplica(): void;
 };
 
-const clientError = (message: string, code: number, type: string, data?: unknown) => new Errors.MoleculerClientError(message, code, type, data);
 const invalidCredentials = () => clientError("Wrong username or password", 401, "INVALID_CREDENTIALS");
 const invalidToken = () => clientError("Invalid or expired token", 401, "INVALID_TOKEN");
 const invalidRefreshToken = () => clientError("Invalid or expired refresh token: sign in again", 401, "INVALID_TOKEN");
