@@ -13,10 +13,11 @@ import LogService from "../../services/org/log.service";
 import LogChainService from "../../services/org/log-chain.service";
 import AuditMiddleware from "../../middlewares/audit.middleware";
 import IdempotentRetryMiddleware from "../../middlewares/idempotent-retry.middleware";
-import type { AuthenticatedUser, ResolveTokenParams } from "../../types/access";
+import type { AuthenticatedUser } from "../../types/access";
 import type { LoginAttemptedEvent, OperationPerformedEvent } from "../../types/audit";
 import { createTestBroker } from "../support/broker";
 import { freePort, startNats, testPostgres, waitFor } from "../support/servers";
+import { securityStub } from "../support/security.stub";
 
 const MIDDLEWARES = [IdempotentRetryMiddleware, AuditMiddleware] as unknown as Middleware[];
 const ALL = { all: true, deptIds: [], self: false };
@@ -32,20 +33,7 @@ const USERS: Record<string, AuthenticatedUser> = {
 	root: { id: "u-root", username: "admin", companyId: null, roles: ["platform-admin"], permissions: [], platformAdmin: true },
 };
 
-/** The gateway's authentication contract with the tokens above, until the real `security` service is used here. */
-const TestSecurity: ServiceSchema = {
-	name: "security",
-	actions: {
-		resolveToken: {
-			params: { token: "string" },
-			handler(ctx: Context<ResolveTokenParams>) {
-				const user = USERS[ctx.params.token];
-				if (!user) throw new Errors.MoleculerClientError("Invalid or expired token", 401, "INVALID_TOKEN");
-				return user;
-			},
-		},
-	},
-};
+const TestSecurity = securityStub(USERS);
 
 let created = 0;
 /** A service with every kind of action the middleware must tell apart. */

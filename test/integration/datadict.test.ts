@@ -5,12 +5,13 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, describe, it } from "node:test";
-import { Errors, type Context, type ServiceBroker, type ServiceSchema } from "moleculer";
+import type { Context, ServiceBroker } from "moleculer";
 import DataDictService from "../../services/org/datadict.service";
-import type { AuthenticatedUser, ResolveTokenParams } from "../../types/access";
+import type { AuthenticatedUser } from "../../types/access";
 import { createTestBroker } from "../support/broker";
 import { startPlatform, type RunningGateway } from "../support/platform";
 import { startNats, testPostgres, waitFor, type PostgresServer, type ServerProcess } from "../support/servers";
+import { securityStub } from "../support/security.stub";
 
 const user = (id: string, companyId: string | null, permissions: string[], extra: Partial<AuthenticatedUser> = {}): AuthenticatedUser => ({
 	id, username: id, companyId, roles: [], permissions, ...extra,
@@ -25,19 +26,7 @@ const USERS: Record<string, AuthenticatedUser> = {
 	c2writer: user("c2writer", "c2", ["dict:read", "dict:write"]),
 };
 
-const TestSecurity: ServiceSchema = {
-	name: "security",
-	actions: {
-		resolveToken: {
-			params: { token: "string" },
-			handler(ctx: Context<ResolveTokenParams>) {
-				const found = USERS[ctx.params.token];
-				if (!found) throw new Errors.MoleculerClientError("Invalid or expired token", 401, "INVALID_TOKEN");
-				return found;
-			},
-		},
-	},
-};
+const TestSecurity = securityStub(USERS);
 
 async function api(gw: RunningGateway, method: string, path: string, token: string, body?: unknown) {
 	const res = await fetch(gw.url + path, {

@@ -10,11 +10,12 @@ import { Errors, type Context, type ServiceBroker, type ServiceSchema } from "mo
 import LicenseService from "../../services/org/license.service";
 import ConfigService from "../../services/platform/config.service";
 import { generateLicenseKeyPair, newClaims, signLicense } from "../../lib/license/license";
-import type { AuthenticatedUser, ResolveTokenParams } from "../../types/access";
+import type { AuthenticatedUser } from "../../types/access";
 import type { CompanyLicense, EntityEvent, LicenseClaims } from "../../types/org";
 import { createTestBroker } from "../support/broker";
 import { startPlatform, type RunningGateway } from "../support/platform";
 import { startNats, waitFor, type ServerProcess } from "../support/servers";
+import { securityStub } from "../support/security.stub";
 
 const keys = generateLicenseKeyPair();
 const stranger = generateLicenseKeyPair();
@@ -31,19 +32,7 @@ const USERS: Record<string, AuthenticatedUser> = {
 	c2admin: user("c2admin", "c2", ["license:read"]),
 };
 
-const TestSecurity: ServiceSchema = {
-	name: "security",
-	actions: {
-		resolveToken: {
-			params: { token: "string" },
-			handler(ctx: Context<ResolveTokenParams>) {
-				const found = USERS[ctx.params.token];
-				if (!found) throw new Errors.MoleculerClientError("Invalid or expired token", 401, "INVALID_TOKEN");
-				return found;
-			},
-		},
-	},
-};
+const TestSecurity = securityStub(USERS);
 
 /** Test-only `company` and `user` services: the contract `license` relies on, and a way to change a key. */
 function orgStubs(companies: Map<string, string | null>, users: Map<string, number>): ServiceSchema[] {

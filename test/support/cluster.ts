@@ -6,6 +6,7 @@ import path from "node:path";
 import { NodeProcess } from "./node-process";
 import { tempDir } from "./broker";
 import { waitFor } from "./servers";
+import { replyOf } from "./org";
 
 export const ROOT = path.resolve(__dirname, "../..");
 
@@ -54,13 +55,5 @@ export class ClusterNode {
 
 /** Calls an HTTP endpoint and answers the status and parsed JSON body (or the text). */
 export async function request(url: string, headers: Record<string, string> = {}, init: RequestInit = {}) {
-	const res = await fetch(url, { ...init, headers: { ...headers, ...(init.headers as Record<string, string>) } });
-	const text = await res.text();
-	let body: unknown = text;
-	try {
-		body = JSON.parse(text);
-	} catch {
-		// not JSON
-	}
-	return { status: res.status, headers: res.headers, body };
+	return replyOf(await fetch(url, { ...init, headers: { ...headers, ...(init.headers as Record<string, string>) } }));
 }

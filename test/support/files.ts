@@ -1,7 +1,7 @@
 /** Bytes for file tests: deterministic pseudo-random content and streamed multipart bodies. */
 import { createCipheriv, createHash, randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
-import type { Api, Reply } from "./org";
+import { replyOf, type Api, type Reply } from "./org";
 
 /** `size` pseudo-random bytes from `seed`, generated piece by piece (never held whole). */
 export async function* randomContent(size: number, seed: string, pieceSize = 1 << 20): AsyncGenerator<Buffer> {
@@ -57,14 +57,7 @@ export async function uploadFiles(api: Api, parts: UploadPart[]): Promise<Reply>
 		body: body as unknown as RequestInit["body"],
 		duplex: "half",
 	} as RequestInit);
-	const text = await res.text();
-	let parsed: unknown = text;
-	try {
-		parsed = JSON.parse(text);
-	} catch {
-		// not JSON
-	}
-	return { status: res.status, body: parsed, headers: res.headers };
+	return replyOf(res);
 }
 
 /** GET a file's bytes (optionally with more headers): status, headers and the body as a Buffer. */
@@ -80,14 +73,7 @@ export async function putChunk(api: Api, uploadId: string, index: number | strin
 		headers: { "Content-Type": "application/octet-stream", ...(api.token ? { Authorization: `Bearer ${api.token}` } : {}) },
 		body: data,
 	});
-	const text = await res.text();
-	let parsed: unknown = text;
-	try {
-		parsed = JSON.parse(text);
-	} catch {
-		// not JSON
-	}
-	return { status: res.status, body: parsed, headers: res.headers };
+	return replyOf(res);
 }
 
 /** Fixed-size split of `data` as a resumable upload's chunk list. */

@@ -28,6 +28,18 @@ export interface Reply {
 	headers: Headers;
 }
 
+/** An HTTP answer with its body parsed as JSON (or kept as text when it is not JSON). */
+export async function replyOf(res: Response): Promise<Reply> {
+	const text = await res.text();
+	let body: unknown = text;
+	try {
+		body = text ? JSON.parse(text) : null;
+	} catch {
+		// not JSON
+	}
+	return { status: res.status, body, headers: res.headers };
+}
+
 /** A JSON client of the gateway, optionally signed in. */
 export class Api {
 	constructor(
@@ -47,14 +59,7 @@ export class Api {
 			},
 			body: body === undefined ? undefined : JSON.stringify(body),
 		});
-		const text = await res.text();
-		let parsed: unknown = text;
-		try {
-			parsed = text ? JSON.parse(text) : null;
-		} catch {
-			// not JSON
-		}
-		return { status: res.status, body: parsed, headers: res.headers };
+		return replyOf(res);
 	}
 
 	get = (path: string) => this.call("GET", path);

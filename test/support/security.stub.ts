@@ -14,21 +14,26 @@ export const TEST_USERS: Record<string, AuthenticatedUser> = {
 	"nobody-token": { id: "u-nobody", username: "nobody", companyId: "c1", roles: [], permissions: [] },
 };
 
-export const SecurityStub: ServiceSchema = {
-	name: "security",
-	settings: { rest: "/auth" },
-	actions: {
-		/** A published route, like the real service's: the gateway counts a service ready once it is routed. */
-		me: { rest: "GET /me", permission: AUTHENTICATED, handler: (ctx: Context<unknown, RequestMeta>) => ctx.meta.user },
-		resolveToken: {
-			params: { token: "string" },
-			handler(ctx: Context<ResolveTokenParams>) {
-				const user = TEST_USERS[ctx.params.token];
-				if (!user) throw new Errors.MoleculerClientError("Invalid or expired token", 401, "INVALID_TOKEN");
-				return user;
+/** A `security` service that resolves the given tokens to the given users, and nothing else. */
+export function securityStub(users: Record<string, AuthenticatedUser>): ServiceSchema {
+	return {
+		name: "security",
+		settings: { rest: "/auth" },
+		actions: {
+			/** A published route, like the real service's: the gateway counts a service ready once it is routed. */
+			me: { rest: "GET /me", permission: AUTHENTICATED, handler: (ctx: Context<unknown, RequestMeta>) => ctx.meta.user },
+			resolveToken: {
+				params: { token: "string" },
+				handler(ctx: Context<ResolveTokenParams>) {
+					const user = users[ctx.params.token];
+					if (!user) throw new Errors.MoleculerClientError("Invalid or expired token", 401, "INVALID_TOKEN");
+					return user;
+				},
 			},
 		},
-	},
-};
+	};
+}
+
+export const SecurityStub = securityStub(TEST_USERS);
 
 export const bearer = (token: keyof typeof TEST_USERS | string) => ({ Authorization: `Bearer ${token}` });
