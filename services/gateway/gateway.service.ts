@@ -125,6 +125,18 @@ const GatewayService = serviceSchema({
 			},
 		},
 
+		/** `security` calls this on every gateway node when it revokes sessions, and waits for it. */
+		forgetSessions: {
+			visibility: "public",
+			params: { sessionIds: { type: "array", items: "string" }, userId: { type: "string", optional: true }, companyId: { type: "string", optional: true }, reason: "string" },
+			handler(this: Gateway, ctx: Context<SessionsRevokedEvent>) {
+				const { sessionIds, userId, companyId } = ctx.params;
+				this.principals.forgetSessions(sessionIds);
+				if (userId || companyId) this.principals.forgetWhere(u => u.id === userId || (companyId != null && u.companyId === companyId));
+				return true;
+			},
+		},
+
 		metrics: {
 			auth: false,
 			description: "This node's metrics in the Prometheus text format.",
@@ -139,12 +151,6 @@ const GatewayService = serviceSchema({
 	},
 
 	events: {
-		/** Revoked sessions stop working on this node at once. */
-		"security.session.revoked"(this: Gateway, ctx: Context<SessionsRevokedEvent>) {
-			const { sessionIds, userId, companyId } = ctx.params;
-			this.principals.forgetSessions(sessionIds ?? []);
-			if (userId || companyId) this.principals.forgetWhere(u => u.id === userId || (companyId != null && u.companyId === companyId));
-		},
 		/** A change to users, roles, grants, departments, companies or licences: every cached principal is resolved afresh. */
 		"cache.clean.*"(this: Gateway, ctx: Context) {
 			if (ACCESS_SERVICES.includes(String(ctx.eventName).slice("cache.clean.".length))) this.principals.flush();

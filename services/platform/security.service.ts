@@ -357,8 +357,19 @@ const SecurityService = serviceSchema({
 			const removed = await this.store.remove([...ids]);
 			if (removed.length === 0) return 0;
 			this.logger.info(`${removed.length} session(s) revoked: ${reason}`);
-			// Broadcast: every gateway and channel node drops what it holds for these sessions.
 			const event: SessionsRevokedEvent = { sessionIds: removed.map(s => s.id), userId: what.userId, companyId: what.companyId, reason };
+			// Every gateway drops its cached tokens of these sessions before this answers: a logout
+			// holds on the next request, whichever node it reaches. (An event would arrive a moment later.)
+			const gateways = this.broker.registry
+				.getServiceList({ onlyAvailable: true, skipInternal: true, withActions: false })
+				.filter(s => s.name === "gateway")
+				.map(s => s.nodeID);
+			await Promise.all(
+				gateways.map(nodeID =>
+					ctx.call("gateway.forgetSessions", event, { nodeID }).catch(err => this.logger.warn(`Gateway ${nodeID} could not drop revoked sessions; its cache expires them`, err)),
+				),
+			);
+			// Broadcast: every other holder (channels, presence) drops what it holds for these sessions.
 			await ctx.broadcast("security.session.revoked", event);
 			return removed.length;
 		},
