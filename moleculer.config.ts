@@ -9,7 +9,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import type { BrokerOptions, LoggerConfig, MetricRegistryOptions, Middleware, TracerOptions } from "moleculer";
-import type { FileStorageSettings, PlatformSettings, StoreSettings } from "./types/platform";
+import type { ChannelsSettings, FileStorageSettings, PlatformSettings, StoreSettings } from "./types/platform";
 import IdempotentRetryMiddleware from "./middlewares/idempotent-retry.middleware";
 import AuditMiddleware from "./middlewares/audit.middleware";
 import { PrometheusTextReporter } from "./lib/metrics/prometheus-text.reporter";
@@ -106,6 +106,25 @@ function fileStorage(env: Env, dataDir: string): FileStorageSettings {
 	};
 }
 
+/** The message bus transport: `CHANNELS=redis` (Redis Streams on REDIS_URL), `nats` (JetStream on TRANSPORTER's NATS), unset = in-process. */
+function channels(env: Env): ChannelsSettings {
+	const kind = env.CHANNELS || "memory";
+	switch (kind) {
+		case "memory":
+			return { kind };
+		case "redis":
+			if (!env.REDIS_URL) throw new Error("CHANNELS=redis needs REDIS_URL");
+			return { kind, url: env.REDIS_URL };
+		case "nats": {
+			const nats = list(env.TRANSPORTER).filter(u => u.startsWith("nats://") || u.startsWith("tls://"));
+			if (!nats.length) throw new Error("CHANNELS=nats needs a NATS TRANSPORTER (nats://host:4222) with JetStream enabled");
+			return { kind, url: nats.join(",") };
+		}
+		default:
+			throw new Error(`CHANNELS must be redis or nats (or unset for in-process), got '${kind}'`);
+	}
+}
+
 /** A PEM given inline or as a path to a file holding it. */
 function pem(name: string, raw: string | undefined): string | null {
 	if (!raw) return null;
@@ -133,6 +152,8 @@ export function createPlatformSettings(env: Env = process.env): PlatformSettings
 			adminPassword: env.ADMIN_PASSWORD || null,
 		},
 		files: { storage: fileStorage(env, dataDir) },
+		socket: { port: int(env, "SOCKET_PORT", 7070), host: env.SOCKET_HOST ?? env.HOST ?? "0.0.0.0" },
+		channels: channels(env),
 		license: {
 			publicKey: pem("LICENSE_PUBLIC_KEY", env.LICENSE_PUBLIC_KEY) ?? fs.readFileSync(path.join(PROJECT_ROOT, "keys", "license-public.pem"), "utf8"),
 			privateKey: pem("LICENSE_PRIVATE_KEY", env.LICENSE_PRIVATE_KEY),

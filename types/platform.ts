@@ -61,6 +61,23 @@ export type FileStorageSettings =
 			forcePathStyle: boolean;
 	  };
 
+/** The TCP real-time channel for native clients (the `socket` service). */
+export interface SocketSettings {
+	/** `SOCKET_PORT` (default 7070); 0 = any free port. */
+	port: number;
+	/** Address it listens on (`SOCKET_HOST`, default the gateway's `HOST`). */
+	host: string;
+}
+
+/**
+ * The message bus transport (@moleculer/channels), from `CHANNELS`: in-process (embedded),
+ * Redis Streams on `REDIS_URL`, or NATS JetStream on the transporter's NATS servers.
+ */
+export type ChannelsSettings =
+	| { kind: "memory" }
+	| { kind: "redis"; url: string }
+	| { kind: "nats"; url: string };
+
 export interface PlatformSettings {
 	/** The platform's version (package.json). */
 	version: string;
@@ -78,6 +95,8 @@ export interface PlatformSettings {
 	security: SecuritySettings;
 	license: LicenseSettings;
 	files: { storage: FileStorageSettings };
+	socket: SocketSettings;
+	channels: ChannelsSettings;
 	/** Directory served at `/` by the gateway. */
 	publicDir: string;
 }
