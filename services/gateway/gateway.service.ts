@@ -6,21 +6,20 @@ import { getAbsoluteFSPath as swaggerUiPath } from "swagger-ui-dist";
 import { Errors, type Context, type Service, type ServiceSchema } from "moleculer";
 import { assertAccess, isPublic } from "../../lib/access";
 import { serviceSchema } from "../../lib/service";
+import { publicError } from "../../lib/errors";
 import { PrometheusTextReporter } from "../../lib/metrics/prometheus-text.reporter";
 import type { ActionAccess, AuthenticatedUser } from "../../types/access";
 import type { RequestMeta } from "../../types/context";
 import type { PlatformSettings } from "../../types/platform";
 import { buildOpenApi, type PublishedRoute } from "./openapi";
 import { GatewayRateLimiter, type LimitResult } from "./rate-limiter";
-import { PrincipalCache } from "./principal-cache";
+import { PrincipalCache, changesAccess } from "./principal-cache";
 import type { SessionsRevokedEvent } from "../../types/org";
 
 /** Services the platform cannot serve requests without; `GET /api/ready` answers 503 until all are up. */
 const REQUIRED_SERVICES = ["config", "registry", "security"];
 /** How long a resolved token is trusted without asking `security` again (events evict entries sooner). */
 const PRINCIPAL_CACHE_SECONDS = 60;
-/** Changes to these services' records can change what a signed-in user may do. */
-const ACCESS_SERVICES = ["user", "role", "auth", "dept", "company", "license"];
 const READ_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
@@ -46,14 +45,6 @@ type Gateway = Service & {
 	publishedRoutes(): PublishedRoute[];
 };
 
-/** Messages a client may see for server-side failures; the details go to the log only. */
-const SERVER_ERROR_MESSAGES: Record<number, string> = {
-	502: "Bad gateway",
-	503: "Service unavailable, try again shortly",
-	504: "The service did not answer in time",
-};
-/** Server-side error types whose own message is meant for the client. */
-const PUBLIC_SERVER_ERRORS = new Set(["NOT_READY", "SERVICE_NOT_AVAILABLE", "LICENSE_ISSUING_DISABLED"]);
 
 /**
  * The HTTP gateway (moleculer-web). Routes are the actions' own `rest` declarations under `/api`
@@ -153,7 +144,7 @@ const GatewayService = serviceSchema({
 	events: {
 		/** A change to users, roles, grants, departments, companies or licences: every cached principal is resolved afresh. */
 		"cache.clean.*"(this: Gateway, ctx: Context) {
-			if (ACCESS_SERVICES.includes(String(ctx.eventName).slice("cache.clean.".length))) this.principals.flush();
+			if (changesAccess(String(ctx.eventName))) this.principals.flush();
 		},
 	},
 
@@ -233,16 +224,7 @@ const GatewayService = serviceSchema({
 		reformatError(this: Gateway, err: Errors.MoleculerError & { type?: string | number }, req: Req) {
 			const bodyError = bodyParserError(err, this.platform.http.bodyLimit);
 			if (bodyError) return bodyError;
-			const code = typeof err.code === "number" ? err.code : 500;
-			if (code >= 400 && code < 500) return { name: err.name, message: err.message, code, type: err.type, data: err.data };
-			if (PUBLIC_SERVER_ERRORS.has(String(err.type))) return { name: err.name, message: err.message, code, type: err.type, data: err.data };
-			return {
-				name: "ServerError",
-				message: SERVER_ERROR_MESSAGES[code] ?? "Internal server error",
-				code: code >= 500 && code < 600 ? code : 500,
-				type: "SERVER_ERROR",
-				data: { requestId: req.$ctx?.requestID },
-			};
+			return publicError(err, req.$ctx?.requestID);
 		},
 
 		publishedRoutes(this: Gateway): PublishedRoute[] {

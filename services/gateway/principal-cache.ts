@@ -2,6 +2,14 @@ import { createHash } from "node:crypto";
 import NodeCache from "node-cache";
 import type { AuthenticatedUser } from "../../types/access";
 
+/** Changes to these services' records can change what a signed-in user may do. */
+const ACCESS_SERVICES = ["user", "role", "auth", "dept", "company", "license"];
+
+/** True for the `cache.clean.<service>` events after which a resolved principal may be out of date. */
+export function changesAccess(eventName: string): boolean {
+	return eventName.startsWith("cache.clean.") && ACCESS_SERVICES.includes(eventName.slice("cache.clean.".length));
+}
+
 /**
  * The gateway's per-node cache of resolved tokens: a request with a known token is authorised
  * without a call to `security`. Entries live `ttlSeconds` at most and go at once when the

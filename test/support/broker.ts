@@ -19,6 +19,8 @@ export function testBrokerOptions(env: Record<string, string | undefined> = {}, 
 		LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? "warn",
 		TRACING_EXPORTER: "none",
 		DATA_DIR: tempDir(),
+		// Any free port for the TCP channel: tests run many platforms side by side.
+		SOCKET_PORT: "0",
 		...env,
 	});
 	return { ...options, skipProcessEventRegistration: true, ...extra };

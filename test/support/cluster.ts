@@ -35,6 +35,7 @@ export class ClusterNode {
 			NO_COLOR: "1",
 			TRACING_EXPORTER: "none",
 			DATA_DIR: tempDir("cnbicloud-node-"),
+			SOCKET_PORT: "0",
 			...(loadsTs ? { NODE_OPTIONS: "--import tsx" } : {}),
 			...env,
 		}, ROOT, { command: "sh" });
