@@ -124,8 +124,8 @@ export function RealtimeChannelMixin(channel: "websocket" | "tcp"): Partial<Serv
 				}
 				this.expire(conn);
 				const rooms = [room.user(user.id), ...(user.companyId ? [room.company(user.companyId)] : [])];
-				if ((this.broker.registry as unknown as { hasService(name: string): boolean }).hasService("groupmsg")) {
-					const groupIds = await this.broker.call<string[], object>("groupmsg.groupIdsOf", { userId: user.id }).catch(err => {
+				if ((this.broker.registry as unknown as { hasService(name: string): boolean }).hasService("groupmember")) {
+					const groupIds = await this.broker.call<string[], object>("groupmember.groupIdsOf", { userId: user.id }).catch(err => {
 						this.logger.warn(`Groups of user '${user.id}' unavailable; the connection joins them on its next membership change`, err.message);
 						return [] as string[];
 					});

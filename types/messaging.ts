@@ -87,3 +87,57 @@ export interface AppMessageCreated extends Omit<AppMessage, "readAt"> {
 	companyId: string;
 	recipients: number;
 }
+
+// --- Groups (group, groupmember, groupmsg)
+
+export type GroupRole = "owner" | "admin" | "member";
+
+export interface Group {
+	id: string;
+	companyId: string;
+	name: string;
+	ownerId: string;
+	/** The sequence number of the group's newest message (0: none yet). */
+	lastSeq: number;
+	lastMessageAt: string | null;
+	createdAt: string;
+	updatedAt: string;
+}
+
+export interface GroupMember {
+	id: string;
+	companyId: string;
+	groupId: string;
+	userId: string;
+	role: GroupRole;
+	readSeq: number;
+	readAt: string | null;
+	joinedAt: string;
+}
+
+/** A group message as clients see it (routes, `group.message` pushes). */
+export interface GroupMessage {
+	id: string;
+	groupId: string;
+	seq: number;
+	from: string;
+	type: import("../lib/messaging/content").MessageType;
+	content: import("../lib/messaging/content").MessageContent | null;
+	/** Mentioned member ids; `all` when an administrator mentioned everyone. */
+	mentions: string[];
+	mentionAll: boolean;
+	clientMsgId: string;
+	sentAt: string;
+	recalledAt: string | null;
+	recalledBy: string | null;
+}
+
+/** `group.member`: the group's membership or the group itself changed. */
+export interface GroupMemberEvent {
+	groupId: string;
+	change: "created" | "added" | "removed" | "left" | "role" | "renamed" | "deleted";
+	userIds: string[];
+	role?: GroupRole;
+	name?: string;
+	by: string;
+}
