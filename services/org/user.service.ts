@@ -265,6 +265,30 @@ const UserService = serviceSchema({
 				return (await this.countEntities(ctx, { query: { username: ctx.params.username } })) === 0;
 			},
 		},
+
+		/** Ids of a company's users who are any of `ids`, in `deptIds` or hold `roleIds` (or all with `all`); optionally of one status, at most `limit` (app messages resolve recipients with it). */
+		idsOf: {
+			visibility: "public",
+			params: {
+				companyId: idParam,
+				ids: { ...idListParam, max: 1000, optional: true },
+				deptIds: { ...idListParam, max: 5000, optional: true },
+				roleIds: { ...idListParam, optional: true },
+				all: { type: "boolean", optional: true },
+				status: { ...statusParam, optional: true },
+				limit: { type: "number", integer: true, min: 1, optional: true },
+			},
+			async handler(this: Svc, ctx: Ctx<{ companyId: string; ids?: string[]; deptIds?: string[]; roleIds?: string[]; all?: boolean; status?: Status; limit?: number }>) {
+				const { companyId, ids = [], deptIds = [], roleIds = [], all, status, limit } = ctx.params;
+				const any: Query[] = [];
+				if (ids.length) any.push({ id: { $in: ids } });
+				if (deptIds.length) any.push({ deptId: { $in: deptIds } });
+				for (const roleId of roleIds) any.push({ roleIds: { $contains: JSON.stringify(roleId) } });
+				if (!all && any.length === 0) return [];
+				const query: Query = { companyId, ...(status ? { status } : {}), ...(all ? {} : { $or: any }) };
+				return (await this.findEntities(ctx, { query, limit })).map(u => u.id as string);
+			},
+		},
 	},
 
 	events: {
