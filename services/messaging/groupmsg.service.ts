@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import type { Context } from "moleculer";
 import { DbMixin, type DbMethods } from "../../mixins/db.mixin";
 import { MessageLogMixin, type MessageLogMethods } from "../../mixins/message-log.mixin";
@@ -102,6 +103,23 @@ const GroupMsgService = serviceSchema({
 				await ctx.call("groupmember.read", { groupId: group.id, userId: me.id, seq: view.seq });
 				if (!duplicate) await push(ctx, { rooms: [room.group(group.id)], event: "group.message", data: view });
 				return { id: view.id, groupId: group.id, seq: view.seq, sentAt: view.sentAt, duplicate };
+			},
+		},
+
+		/** A message from something that is not a member (a robot: `senderId` "robot:<id>"), for the services that vouch for it. */
+		post: {
+			visibility: "public",
+			params: { companyId: idParam, groupId: idParam, senderId: { type: "string", min: 1, max: 80 }, type: { type: "enum", values: ["text", "markdown"] }, content: "string" },
+			async handler(this: Svc, ctx: Ctx<{ companyId: string; groupId: string; senderId: string; type: "text" | "markdown"; content: string }>) {
+				const { companyId, groupId, senderId, type } = ctx.params;
+				const content = await messageContent(ctx, type, ctx.params.content);
+				const { message } = await this.appendMessage(ctx, groupId, {
+					companyId, senderId, type, content, mentions: [], mentionAll: false, clientMsgId: randomUUID(), sentAt: new Date(), recalledAt: null, recalledBy: null,
+				});
+				const view = this.view(message);
+				await ctx.call("group.reached", { groupId, seq: view.seq, at: view.sentAt });
+				await push(ctx, { rooms: [room.group(groupId)], event: "group.message", data: view });
+				return { id: view.id, groupId, seq: view.seq, sentAt: view.sentAt };
 			},
 		},
 
