@@ -16,7 +16,7 @@ export const CHANNEL_WHITELIST: readonly string[] = [
 	"appmsg.*",
 	"online.list",
 	"online.user",
-	"auth.me",
+	"security.me",
 ];
 
 /** Moleculer's own wildcard rule (`*` within one segment, `**` across dots). */
