@@ -13,6 +13,8 @@ import type { ChannelsSettings, FileStorageSettings, PlatformSettings, StoreSett
 import IdempotentRetryMiddleware from "./middlewares/idempotent-retry.middleware";
 import AuditMiddleware from "./middlewares/audit.middleware";
 import { PrometheusTextReporter } from "./lib/metrics/prometheus-text.reporter";
+import { Middleware as ChannelsMiddleware } from "@moleculer/channels";
+import { channelsMiddlewareOptions } from "./lib/bus/adapter";
 
 type Env = Record<string, string | undefined>;
 
@@ -243,7 +245,12 @@ export function createBrokerConfig(env: Env = process.env): BrokerOptions {
 
 		// Moleculer's typings have no shape for hook-only middlewares such as this one.
 		// Audit: every mutating call from a client is recorded by event (the `log` service keeps it).
-		middlewares: [IdempotentRetryMiddleware as unknown as Middleware, AuditMiddleware as unknown as Middleware],
+		// The message bus (@moleculer/channels): `broker.sendToChannel`, `channels` in schemas, on the CHANNELS transport.
+		middlewares: [
+			IdempotentRetryMiddleware as unknown as Middleware,
+			AuditMiddleware as unknown as Middleware,
+			ChannelsMiddleware(channelsMiddlewareOptions(channels(env))) as unknown as Middleware,
+		],
 		replCommands: null,
 
 		platform: createPlatformSettings(env),

@@ -83,9 +83,16 @@ export class ServerProcess {
 	}
 }
 
-export async function startNats(port?: number): Promise<ServerProcess & { url: string }> {
+/**
+ * A nats-server on `port` (a number, or `{ port }`; a free one by default). `jetstream: true` turns JetStream on (the message bus
+ * with `CHANNELS=nats`), its store in a fresh temp folder.
+ */
+export async function startNats(options: number | { port?: number; jetstream?: boolean } = {}): Promise<ServerProcess & { url: string }> {
+	const { port, jetstream } = typeof options === "number" ? { port: options, jetstream: false } : options;
 	const p = port ?? (await freePort());
-	const server = new ServerProcess("nats-server", p, "nats-server", ["-a", "127.0.0.1", "-p", String(p)]);
+	const args = ["-a", "127.0.0.1", "-p", String(p)];
+	if (jetstream) args.push("-js", "-sd", fs.mkdtempSync(path.join(os.tmpdir(), "cnbicloud-js-")));
+	const server = new ServerProcess("nats-server", p, "nats-server", args);
 	await server.start();
 	return Object.assign(server, { url: `nats://127.0.0.1:${p}` });
 }
