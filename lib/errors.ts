@@ -14,6 +14,16 @@ const SERVER_ERROR_MESSAGES: Record<number, string> = {
 /** Server-side error types whose own message is meant for the client. */
 const PUBLIC_SERVER_ERRORS = new Set(["NOT_READY", "SERVICE_NOT_AVAILABLE", "LICENSE_ISSUING_DISABLED", "BUSY"]);
 
+/**
+ * Moleculer answers a call to a service with no live node with a 404 naming the action: for the
+ * client that is "try again shortly" (503), and the internal action's name is none of its business.
+ */
+export function withoutMissingService<E extends { code?: unknown; type?: unknown }>(err: E): E | Errors.MoleculerError {
+	if (err.code === 404 && (err.type === "SERVICE_NOT_FOUND" || err.type === "SERVICE_NOT_AVAILABLE"))
+		return new Errors.MoleculerError("Service unavailable, try again shortly", 503, "SERVER_ERROR");
+	return err;
+}
+
 export interface PublicError {
 	name: string;
 	message: string;
@@ -27,6 +37,7 @@ export interface PublicError {
  * wrong as it is; a server-side failure says only what happened, never how.
  */
 export function publicError(err: { name?: string; message?: string; code?: unknown; type?: unknown; data?: unknown }, requestId?: string | null): PublicError {
+	err = withoutMissingService(err);
 	const code = typeof err.code === "number" ? err.code : 500;
 	if ((code >= 400 && code < 500) || PUBLIC_SERVER_ERRORS.has(String(err.type)))
 		return { name: err.name ?? "Error", message: err.message ?? "", code, type: err.type == null ? undefined : String(err.type), data: err.data };

@@ -19,8 +19,11 @@ export interface ChannelConnection {
 	user: AuthenticatedUser;
 	clientIp: string;
 	userAgent?: string;
-	/** Access changed somewhere since `user` was resolved: resolve it again before the next call. */
-	stale: boolean;
+	/** The access generation `user` was resolved in, and when: an older one is resolved again before the next call. */
+	generation: number;
+	resolvedAt: number;
+	/** Calls in flight. */
+	inFlight: number;
 	expiryTimer?: NodeJS.Timeout;
 }
 
@@ -42,7 +45,9 @@ export interface ChannelMethods {
 	/** The user of an access token, or a 401/503 error. */
 	authenticate(token: unknown, clientIp: string): Promise<AuthenticatedUser>;
 	/** Registers an authenticated connection (presence, expiry) and answers the rooms it joins. */
-	openConnection(conn: Omit<ChannelConnection, "id" | "stale"> & { id?: string }): Promise<{ conn: ChannelConnection; rooms: string[] }>;
+	openConnection(conn: NewConnection): Promise<{ conn: ChannelConnection; rooms: string[] }>;
+	/** After the transport joined the rooms: leaves the groups the user left meanwhile. */
+	confirmGroups(conn: ChannelConnection, rooms: string[]): Promise<void>;
 	/** Forgets a connection (it closed, for whatever reason). */
 	closeConnection(conn: ChannelConnection): Promise<void>;
 	/** Replaces the connection's token with a fresh one of the same session (a client that refreshed). */
@@ -51,12 +56,28 @@ export interface ChannelMethods {
 	dispatch(conn: ChannelConnection, action: unknown, params: unknown): Promise<{ result?: unknown; error?: PublicError }>;
 }
 
-type Svc = Service & ChannelMethods & ChannelTransport & { limiter: GatewayRateLimiter; channelName: "websocket" | "tcp"; expire(conn: ChannelConnection): void };
+type NewConnection = Pick<ChannelConnection, "token" | "user" | "clientIp" | "userAgent"> & { id?: string };
+type Svc = Service &
+	ChannelMethods &
+	ChannelTransport & {
+		limiter: GatewayRateLimiter;
+		/** Bumped by every change that can alter what a user may do. */
+		accessGeneration: number;
+		expire(conn: ChannelConnection): void;
+		groupIdsOf(userId: string): Promise<string[]>;
+		freshUser(conn: ChannelConnection): Promise<void>;
+	};
 
 const unauthorized = (message: string, type = "INVALID_TOKEN") => new Errors.MoleculerClientError(message, 401, type);
 const TOKEN = /^[A-Za-z0-9._~+/=-]{1,4096}$/;
 /** A timer cannot wait longer than about 24.8 days. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
+/** A connection's user is resolved again at least this often, in case a revocation or access event was missed. */
+const PRINCIPAL_MAX_AGE_MS = 60_000;
+/** Connections one user may hold on one node (devices, tabs). */
+export const MAX_CONNECTIONS_PER_USER = 20;
+/** Calls one connection may have in flight; more are refused until some finish. */
+export const MAX_IN_FLIGHT = 32;
 
 /**
  * What both real-time channels (socket.io `websocket`, TCP `socket`) share, so that they differ
@@ -90,8 +111,7 @@ export function RealtimeChannelMixin(channel: "websocket" | "tcp"): Partial<Serv
 			},
 
 			"cache.clean.*"(this: Svc, ctx: Context) {
-				if (!changesAccess(String(ctx.eventName))) return;
-				for (const conn of this.connections.values()) conn.stale = true;
+				if (changesAccess(String(ctx.eventName))) this.accessGeneration++;
 			},
 		},
 
@@ -109,10 +129,15 @@ export function RealtimeChannelMixin(channel: "websocket" | "tcp"): Partial<Serv
 				}
 			},
 
-			async openConnection(this: Svc, given: Omit<ChannelConnection, "id" | "stale"> & { id?: string }) {
-				const conn: ChannelConnection = { ...given, id: given.id ?? randomUUID(), stale: false };
+			async openConnection(this: Svc, given: NewConnection) {
+				const conn: ChannelConnection = { ...given, id: given.id ?? randomUUID(), generation: this.accessGeneration, resolvedAt: Date.now(), inFlight: 0 };
 				const { user } = conn;
 				if (!user.sessionId) throw unauthorized("The token has no session");
+				if (this.connections.has(conn.id)) throw new Errors.MoleculerClientError("This connection is already signed in", 409, "ALREADY_AUTHENTICATED");
+				let mine = 0;
+				for (const other of this.connections.values()) if (other.user.id === user.id) mine++;
+				if (mine >= MAX_CONNECTIONS_PER_USER)
+					throw new Errors.MoleculerClientError(`At most ${MAX_CONNECTIONS_PER_USER} connections per user on one node`, 429, "TOO_MANY_CONNECTIONS");
 				this.connections.set(conn.id, conn);
 				try {
 					// `online` answers 404 for a session that ended meanwhile: the connection is refused.
@@ -123,15 +148,28 @@ export function RealtimeChannelMixin(channel: "websocket" | "tcp"): Partial<Serv
 					throw err;
 				}
 				this.expire(conn);
-				const rooms = [room.user(user.id), ...(user.companyId ? [room.company(user.companyId)] : [])];
-				if ((this.broker.registry as unknown as { hasService(name: string): boolean }).hasService("groupmember")) {
-					const groupIds = await this.broker.call<string[], object>("groupmember.groupIdsOf", { userId: user.id }).catch(err => {
-						this.logger.warn(`Groups of user '${user.id}' unavailable; the connection joins them on its next membership change`, err.message);
-						return [] as string[];
-					});
-					rooms.push(...groupIds.map(room.group));
-				}
+				const rooms = [room.user(user.id), ...(user.companyId ? [room.company(user.companyId)] : []), ...(await this.groupIdsOf(user.id)).map(room.group)];
 				return { conn, rooms };
+			},
+
+			/**
+			 * A removal announced between reading the groups and joining their rooms was applied
+			 * before the join: read them again and leave what is no longer the user's.
+			 */
+			async confirmGroups(this: Svc, conn: ChannelConnection, rooms: string[]) {
+				const joined = rooms.filter(r => r.startsWith(room.group("")));
+				if (joined.length === 0) return;
+				const now = new Set((await this.groupIdsOf(conn.user.id)).map(room.group));
+				const left = joined.filter(r => !now.has(r));
+				if (left.length) await this.changeRooms({ userIds: [conn.user.id], leave: left });
+			},
+
+			async groupIdsOf(this: Svc, userId: string) {
+				if (!(this.broker.registry as unknown as { hasService(name: string): boolean }).hasService("groupmember")) return [];
+				return this.broker.call<string[], object>("groupmember.groupIdsOf", { userId }).catch(err => {
+					this.logger.warn(`Groups of user '${userId}' unavailable; the connection joins them on its next membership change`, err.message);
+					return [] as string[];
+				});
 			},
 
 			async closeConnection(this: Svc, conn: ChannelConnection) {
@@ -144,7 +182,7 @@ export function RealtimeChannelMixin(channel: "websocket" | "tcp"): Partial<Serv
 				const user = await this.authenticate(token, conn.clientIp);
 				if (user.id !== conn.user.id || user.sessionId !== conn.user.sessionId)
 					throw new Errors.MoleculerClientError("A connection keeps its session: reconnect to sign in as someone else", 409, "SESSION_MISMATCH");
-				Object.assign(conn, { token: token as string, user, stale: false });
+				Object.assign(conn, { token: token as string, user, generation: this.accessGeneration, resolvedAt: Date.now() });
 				this.expire(conn);
 				return user;
 			},
@@ -158,20 +196,30 @@ export function RealtimeChannelMixin(channel: "websocket" | "tcp"): Partial<Serv
 				conn.expiryTimer.unref();
 			},
 
+			/** Resolves the user again when access changed since, or when it was resolved a while ago. */
+			async freshUser(this: Svc, conn: ChannelConnection) {
+				if (conn.generation === this.accessGeneration && Date.now() - conn.resolvedAt < PRINCIPAL_MAX_AGE_MS) return;
+				// Taken before the call: a change announced while it runs makes the next call resolve again.
+				const generation = this.accessGeneration;
+				conn.user = await this.authenticate(conn.token, conn.clientIp);
+				conn.generation = generation;
+				conn.resolvedAt = Date.now();
+			},
+
 			async dispatch(this: Svc, conn: ChannelConnection, action: unknown, params: unknown) {
+				if (conn.inFlight >= MAX_IN_FLIGHT)
+					return { error: publicError(new Errors.MoleculerClientError(`At most ${MAX_IN_FLIGHT} calls in flight per connection`, 429, "TOO_MANY_IN_FLIGHT")) };
+				conn.inFlight++;
 				try {
 					if (typeof action !== "string" || action.length > 200) throw new Errors.MoleculerClientError("'action' must be an action name", 400, "BAD_REQUEST");
 					const endpoint = whitelisted(action) ? this.broker.findNextActionEndpoint(action) : null;
 					const definition = endpoint && !(endpoint instanceof Error) ? (endpoint.action as ActionAccess & { visibility?: string; rest?: unknown }) : undefined;
-					// Not whitelisted, not published and unknown all look the same: no such action.
-					if (!definition || (definition.visibility != null && definition.visibility !== "published"))
+					// Not whitelisted, not published, not a route of the API and unknown all look the same: no such action.
+					if (!definition || !definition.rest || (definition.visibility != null && definition.visibility !== "published"))
 						throw new Errors.MoleculerClientError(`Action '${action}' is not available on this channel`, 404, "NOT_FOUND", { action });
 					if (params != null && (typeof params !== "object" || Array.isArray(params)))
 						throw new Errors.MoleculerClientError("'params' must be an object", 400, "BAD_REQUEST");
-					if (conn.stale) {
-						conn.user = await this.authenticate(conn.token, conn.clientIp);
-						conn.stale = false;
-					}
+					await this.freshUser(conn);
 					assertAccess(conn.user, definition, action, { mutating: isMutatingRest(definition.rest) });
 					const limited = await this.limiter.consumeUser(conn.user.id);
 					if (limited && !limited.allowed) throw new Errors.MoleculerClientError("Too many requests, slow down", 429, "RATE_LIMITED", { retryAfter: limited.resetSeconds });
@@ -182,13 +230,15 @@ export function RealtimeChannelMixin(channel: "websocket" | "tcp"): Partial<Serv
 					const code = (err as Errors.MoleculerError).code;
 					if (typeof code !== "number" || code >= 500) this.logger.error(`${channel} call failed`, err);
 					return { error: publicError(err as Errors.MoleculerError) };
+				} finally {
+					conn.inFlight--;
 				}
 			},
 		},
 
 		created(this: Svc) {
-			this.channelName = channel;
 			this.connections = new Map();
+			this.accessGeneration = 0;
 			const platform = this.broker.options.platform!;
 			// The same budgets as HTTP (shared through Redis across nodes): a socket is no way around them.
 			this.limiter = new GatewayRateLimiter(platform.http.rateLimit, platform.redisUrl, `${this.broker.namespace || "cnbicloud"}:ratelimit`);

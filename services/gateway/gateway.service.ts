@@ -6,7 +6,7 @@ import { getAbsoluteFSPath as swaggerUiPath } from "swagger-ui-dist";
 import { Errors, type Context, type Service, type ServiceSchema } from "moleculer";
 import { assertAccess, isPublic } from "../../lib/access";
 import { serviceSchema } from "../../lib/service";
-import { publicError } from "../../lib/errors";
+import { publicError, withoutMissingService } from "../../lib/errors";
 import { PrometheusTextReporter } from "../../lib/metrics/prometheus-text.reporter";
 import type { ActionAccess, AuthenticatedUser } from "../../types/access";
 import type { RequestMeta } from "../../types/context";
@@ -153,7 +153,8 @@ const GatewayService = serviceSchema({
 		 * moleculer-web logs every 5xx as an error. A 503 NOT_READY is the expected answer to a
 		 * readiness probe while the platform starts: it goes to the debug log instead.
 		 */
-		errorHandler(this: Gateway, req: Req, res: Res, err: Errors.MoleculerError) {
+		errorHandler(this: Gateway, req: Req, res: Res, given: Errors.MoleculerError) {
+			const err = withoutMissingService(given);
 			if (err?.type === "NOT_READY") {
 				this.logger.debug(`Not ready: ${JSON.stringify(err.data)}`);
 				return this.sendError(req, res, err);

@@ -9,14 +9,17 @@ import type { SocketSettings } from "../../types/platform";
 
 /** A client must authenticate this soon after connecting. */
 const AUTH_TIMEOUT_MS = 10_000;
-/** Calls one connection may have in flight; more are refused until some finish. */
-const MAX_IN_FLIGHT = 32;
+/** Connections this node accepts in all. */
+const MAX_CONNECTIONS = 20_000;
+/** Connections from one address that have not authenticated yet. */
+const MAX_PENDING_PER_IP = 50;
 
 interface TcpClient {
 	frames: FrameConnection;
 	conn?: ChannelConnection;
+	/** An `auth` frame is being handled: another one waits its turn. */
+	authenticating: boolean;
 	rooms: Set<string>;
-	inFlight: number;
 	authTimer?: NodeJS.Timeout;
 }
 
@@ -25,6 +28,8 @@ type Svc = Service &
 		server: net.Server;
 		port: number;
 		clients: Map<string, TcpClient>;
+		/** Address → connections from it not authenticated yet. */
+		pending: Map<string, number>;
 		/** room → ids of this node's connections in it. */
 		members: Map<string, Set<string>>;
 		accept(socket: net.Socket): void;
@@ -32,6 +37,7 @@ type Svc = Service &
 		join(client: TcpClient, rooms: string[]): void;
 		leave(client: TcpClient, rooms: string[]): void;
 		forget(client: TcpClient): void;
+		settle(client: TcpClient): void;
 	};
 
 /**
@@ -59,7 +65,11 @@ const SocketService = serviceSchema({
 	methods: {
 		accept(this: Svc, socket: net.Socket) {
 			const frames = new FrameConnection(socket);
-			const client: TcpClient = { frames, rooms: new Set(), inFlight: 0 };
+			const ip = frames.remoteAddress;
+			if ((this.pending.get(ip) ?? 0) >= MAX_PENDING_PER_IP)
+				return frames.close("too-many-pending", { type: "error", error: { name: "ProtocolError", message: `At most ${MAX_PENDING_PER_IP} connections from one address may wait to authenticate`, code: 429, type: "TOO_MANY_CONNECTIONS" } });
+			this.pending.set(ip, (this.pending.get(ip) ?? 0) + 1);
+			const client: TcpClient = { frames, rooms: new Set(), authenticating: false };
 			this.clients.set(frames.id, client);
 			client.authTimer = setTimeout(() => {
 				if (!client.conn) frames.close("auth-timeout", { type: "error", error: { name: "ProtocolError", message: `Authenticate within ${AUTH_TIMEOUT_MS} ms`, code: 401, type: "UNAUTHORIZED" } });
@@ -75,6 +85,9 @@ const SocketService = serviceSchema({
 		async onFrame(this: Svc, client: TcpClient, frame: ClientFrame) {
 			const { frames } = client;
 			if (frame.type === "auth") {
+				if (client.authenticating)
+					return void frames.sendError(frame.id, { name: "ProtocolError", message: "An authentication is already in progress on this connection", code: 409, type: "AUTH_IN_PROGRESS" });
+				client.authenticating = true;
 				try {
 					if (client.conn) {
 						const user = await this.reauthenticate(client.conn, frame.token);
@@ -85,28 +98,34 @@ const SocketService = serviceSchema({
 					const { conn, rooms } = await this.openConnection({ id: frames.id, token: frame.token, user, clientIp: frames.remoteAddress });
 					if (frames.isClosed) return void this.closeConnection(conn);
 					clearTimeout(client.authTimer);
+					this.settle(client);
 					client.conn = conn;
 					this.join(client, rooms);
 					frames.sendResult(frame.id, { userId: user.id, connectionId: conn.id, tokenExpiresAt: user.tokenExpiresAt ?? null });
+					void this.confirmGroups(conn, rooms).catch(err => this.logger.warn("Group rooms not confirmed", err.message));
 				} catch (err) {
 					const error = publicError(err as Errors.MoleculerError);
 					// A connection that failed its first authentication has nothing more to do here.
 					if (client.conn) frames.sendError(frame.id, error);
 					else frames.close("unauthorized", { id: frame.id, type: "error", error });
+				} finally {
+					client.authenticating = false;
 				}
 				return;
 			}
 			if (!client.conn) return void frames.sendError(frame.id, { name: "ProtocolError", message: "Authenticate first: { id, type: 'auth', token }", code: 401, type: "UNAUTHORIZED" });
-			if (client.inFlight >= MAX_IN_FLIGHT)
-				return void frames.sendError(frame.id, { name: "ProtocolError", message: `At most ${MAX_IN_FLIGHT} calls in flight per connection`, code: 429, type: "TOO_MANY_IN_FLIGHT" });
-			client.inFlight++;
-			try {
-				const { result, error } = await this.dispatch(client.conn, frame.action, frame.params);
-				if (error) frames.sendError(frame.id, error);
-				else frames.sendResult(frame.id, result ?? null);
-			} finally {
-				client.inFlight--;
-			}
+			const { result, error } = await this.dispatch(client.conn, frame.action, frame.params);
+			if (error) frames.sendError(frame.id, error);
+			else frames.sendResult(frame.id, result ?? null);
+		},
+
+		/** The connection no longer counts as waiting to authenticate (it did, or it closed). */
+		settle(this: Svc, client: TcpClient) {
+			if (client.conn) return;
+			const ip = client.frames.remoteAddress;
+			const left = (this.pending.get(ip) ?? 1) - 1;
+			if (left > 0) this.pending.set(ip, left);
+			else this.pending.delete(ip);
 		},
 
 		join(this: Svc, client: TcpClient, rooms: string[]) {
@@ -129,6 +148,7 @@ const SocketService = serviceSchema({
 
 		forget(this: Svc, client: TcpClient) {
 			clearTimeout(client.authTimer);
+			this.settle(client);
 			this.leave(client, [...client.rooms]);
 			this.clients.delete(client.frames.id);
 			if (client.conn) void this.closeConnection(client.conn);
@@ -168,7 +188,9 @@ const SocketService = serviceSchema({
 	created(this: Svc) {
 		this.clients = new Map();
 		this.members = new Map();
+		this.pending = new Map();
 		this.server = net.createServer(socket => this.accept(socket));
+		this.server.maxConnections = MAX_CONNECTIONS;
 	},
 
 	async started(this: Svc) {

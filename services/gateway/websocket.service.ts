@@ -76,9 +76,13 @@ const WebsocketService = serviceSchema({
 				const user = await this.authenticate(token, clientIp);
 				const agent = req.headers["user-agent"];
 				const { conn, rooms } = await this.openConnection({ id: socket.id, token: token as string, user, clientIp, userAgent: agent?.slice(0, 200) });
+				// socket.io emits no "connection" (so no "disconnect") for a client that left during the handshake.
+				socket.conn.once("close", () => void this.closeConnection(conn));
+				if (socket.conn.readyState !== "open") return void this.closeConnection(conn);
 				socket.data.conn = conn;
 				socket.join(rooms);
 				next();
+				void this.confirmGroups(conn, rooms).catch(err => this.logger.warn("Group rooms not confirmed", err.message));
 			} catch (err) {
 				const body = publicError(err as Errors.MoleculerError);
 				next(Object.assign(new Error(body.message), { data: body }));
@@ -86,6 +90,7 @@ const WebsocketService = serviceSchema({
 		},
 
 		onConnection(this: Svc, socket: ChannelSocket) {
+			// Also on the transport's close (see handshake); closing twice is harmless.
 			socket.on("disconnect", () => {
 				if (socket.data.conn) void this.closeConnection(socket.data.conn);
 			});

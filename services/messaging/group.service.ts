@@ -9,7 +9,7 @@ import { clientError } from "../../lib/errors";
 import type { AuthenticatedUser } from "../../types/access";
 import type { RequestMeta } from "../../types/context";
 import type { EntityDefinition } from "../../types/entity";
-import type { EntityEvent, User } from "../../types/org";
+import type { EntityEvent } from "../../types/org";
 import type { Group, GroupMember, GroupMemberEvent, GroupRole } from "../../types/messaging";
 
 const GroupEntity: EntityDefinition = {
@@ -44,7 +44,6 @@ type Svc = DbMethods &
 		me(ctx: Ctx): Me;
 		access(ctx: Ctx, groupId: string, userId: string, roles?: GroupRole[]): Promise<GroupAccess>;
 		colleagues(ctx: Ctx, me: Me, userIds: string[]): Promise<void>;
-		checkRoom(ctx: Ctx, groupId: string, adding: number): Promise<void>;
 		announce(ctx: Ctx, event: GroupMemberEvent, extraUserIds?: string[]): Promise<void>;
 	};
 
@@ -89,7 +88,7 @@ const GroupService = serviceSchema({
 			rest: "POST /",
 			permission: "group:use",
 			description: "Creates a group owned by me, with the people of my company in `memberIds`.",
-			params: { $$strict: true, name: nameParam, memberIds: { ...idListParam, max: 10_000 } },
+			params: { $$strict: true, name: nameParam, memberIds: { ...idListParam, max: 1000 } },
 			async handler(this: Svc, ctx: Ctx<{ name: string; memberIds: string[] }>) {
 				const me = this.me(ctx);
 				const memberIds = ctx.params.memberIds.filter(id => id !== me.id);
@@ -162,13 +161,19 @@ const GroupService = serviceSchema({
 			rest: "POST /:id/members",
 			permission: "group:use",
 			description: "Adds people of my company to a group (its owner or administrators), within the size limit.",
-			params: { $$strict: true, id: idParam, userIds: { ...idListParam, min: 1, max: 10_000 } },
+			params: { $$strict: true, id: idParam, userIds: { ...idListParam, min: 1, max: 1000 } },
 			async handler(this: Svc, ctx: Ctx<{ id: string; userIds: string[] }>) {
 				const me = this.me(ctx);
 				const { group } = await this.access(ctx, ctx.params.id, me.id, ["owner", "admin"]);
-				await this.colleagues(ctx, me, ctx.params.userIds);
-				await this.checkRoom(ctx, group.id, ctx.params.userIds.length);
-				const added = await ctx.call<string[], object>("groupmember.add", { companyId: group.companyId, groupId: group.id, userIds: ctx.params.userIds, role: "member", readSeq: group.lastSeq });
+				const members = new Set((await ctx.call<GroupMember[], object>("groupmember.list", { groupId: group.id })).map(m => m.userId));
+				const newcomers = ctx.params.userIds.filter(id => !members.has(id));
+				// The size first: a request past it costs no user lookups.
+				if (members.size + newcomers.length > this.config.maxMembers)
+					throw clientError(`A group has at most ${this.config.maxMembers} members (it has ${members.size})`, 422, "GROUP_FULL", { maxMembers: this.config.maxMembers, members: members.size });
+				await this.colleagues(ctx, me, newcomers);
+				const added = newcomers.length
+					? await ctx.call<string[], object>("groupmember.add", { companyId: group.companyId, groupId: group.id, userIds: newcomers, role: "member", readSeq: group.lastSeq })
+					: [];
 				if (added.length) await this.announce(ctx, { groupId: group.id, change: "added", userIds: added, by: me.id });
 				return { added };
 			},
@@ -261,17 +266,12 @@ const GroupService = serviceSchema({
 			return found;
 		},
 
-		/** Every id is an enabled user of my company, or 422 naming the ones that are not. */
+		/** Every id is an enabled user of my company (one lookup), or 422 naming the ones that are not. */
 		async colleagues(ctx: Ctx, me: Me, userIds: string[]) {
-			const users = await Promise.all(userIds.map(id => ctx.call<User | null, object>("user.byId", { id })));
-			const bad = userIds.filter((id, i) => !users[i] || users[i]!.companyId !== me.companyId || users[i]!.status !== "enabled");
-			if (bad.length) throw clientError(`Not enabled users of your company: ${bad.join(", ")}`, 422, "VALIDATION_ERROR", { field: "userIds", invalid: bad });
-		},
-
-		async checkRoom(this: Svc, ctx: Ctx, groupId: string, adding: number) {
-			const count = await ctx.call<number, object>("groupmember.count", { groupId });
-			if (count + adding > this.config.maxMembers)
-				throw clientError(`A group has at most ${this.config.maxMembers} members (it has ${count})`, 422, "GROUP_FULL", { maxMembers: this.config.maxMembers, members: count });
+			if (userIds.length === 0) return;
+			const found = new Set(await ctx.call<string[], object>("user.idsOf", { companyId: me.companyId, ids: userIds, status: "enabled" }));
+			const bad = userIds.filter(id => !found.has(id));
+			if (bad.length) throw clientError(`Not enabled users of your company: ${bad.slice(0, 20).join(", ")}`, 422, "VALIDATION_ERROR", { field: "userIds", invalid: bad.slice(0, 100) });
 		},
 
 		/** New members' connections join the room first, so the announcement reaches them too. */

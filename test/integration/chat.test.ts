@@ -6,6 +6,7 @@
  * each user's devices on different gateways.
  */
 import assert from "node:assert/strict";
+import net from "node:net";
 import { after, before, describe, it } from "node:test";
 import { expectStatus, startOrg, startOrgCluster, type RunningOrg, type TestCompany } from "../support/org";
 import { clientMsgId, messagingCompany, person, type Person } from "../support/messaging";
@@ -227,6 +228,63 @@ function scenarios(start: () => Promise<RunningOrg>) {
 		}
 		await assert.rejects(socketIoDevice(org.url, api.token!), (err: any) => err.data?.code === 401, "the revoked token is refused");
 	});
+
+	it("lets one TCP connection sign in once, and limits connections waiting to sign in", async () => {
+		const port = await tcpPortOf(org.broker);
+		const [a, b] = [await alice.login(org.url), await bob.login(org.url)];
+		const lines = await rawTcp(port, [{ id: 1, type: "auth", token: a.token }, { id: 2, type: "auth", token: b.token }], 2);
+		const byId = new Map(lines.map(l => [l.id, l]));
+		assert.equal(byId.get(1).type, "result");
+		assert.equal(byId.get(2).type, "error", "a second sign-in on the same connection is refused");
+		assert.equal(byId.get(2).error.code, 409);
+
+		const waiting: net.Socket[] = [];
+		try {
+			for (let i = 0; i < 50; i++) waiting.push(await connected(port));
+			const refused = await rawTcp(port, [], 1);
+			assert.equal(refused[0].error.type, "TOO_MANY_CONNECTIONS");
+		} finally {
+			waiting.forEach(s => s.destroy());
+		}
+	});
+
+	it("answers 503, naming no internal service, when a service a call needs is down", async () => {
+		const files = org.brokers.map(b => b.getLocalService("files")).filter(Boolean);
+		for (const [i, b] of org.brokers.entries()) if (files[i]) await b.destroyService(files[i]!);
+		await waitUntil(() => org.brokers.every(b => !(b.registry as any).hasService("files")), "files gone");
+		const reply = await alice.api.post("/api/chat/messages", { to: bob.id, type: "image", content: { fileId: "any" }, clientMsgId: clientMsgId() });
+		assert.equal(reply.status, 503, JSON.stringify(reply.body));
+		assert.doesNotMatch(JSON.stringify(reply.body), /files/);
+	});
+}
+
+function connected(port: number): Promise<net.Socket> {
+	return new Promise((resolve, reject) => {
+		const socket = net.connect({ host: "127.0.0.1", port }, () => resolve(socket));
+		socket.once("error", reject);
+	});
+}
+
+/** Writes `frames` on a fresh TCP connection and answers the first `count` frames the server sends. */
+async function rawTcp(port: number, frames: object[], count: number): Promise<any[]> {
+	const socket = await connected(port);
+	const received: any[] = [];
+	let buffer = "";
+	socket.on("data", chunk => {
+		buffer += chunk.toString("utf8");
+		let nl;
+		while ((nl = buffer.indexOf("\n")) >= 0) {
+			received.push(JSON.parse(buffer.slice(0, nl)));
+			buffer = buffer.slice(nl + 1);
+		}
+	});
+	socket.write(frames.map(f => JSON.stringify(f) + "\n").join(""));
+	try {
+		await waitUntil(() => received.length >= count, `${count} frame(s) from the server`);
+		return received;
+	} finally {
+		socket.destroy();
+	}
 }
 
 async function waitUntil(check: () => boolean, what: string) {
