@@ -109,16 +109,20 @@ const GroupMsgService = serviceSchema({
 		/** A message from something that is not a member (a robot: `senderId` "robot:<id>"), for the services that vouch for it. */
 		post: {
 			visibility: "public",
-			params: { companyId: idParam, groupId: idParam, senderId: { type: "string", min: 1, max: 80 }, type: { type: "enum", values: ["text", "markdown"] }, content: "string" },
-			async handler(this: Svc, ctx: Ctx<{ companyId: string; groupId: string; senderId: string; type: "text" | "markdown"; content: string }>) {
+			params: {
+				companyId: idParam, groupId: idParam, senderId: { type: "string", min: 1, max: 80 }, type: { type: "enum", values: ["text", "markdown"] }, content: "string",
+				/** The sender's own id of the message (e.g. a bus message's id): the same one twice stores and pushes one message. Default: a new one. */
+				clientMsgId: { ...clientMsgIdParam, optional: true },
+			},
+			async handler(this: Svc, ctx: Ctx<{ companyId: string; groupId: string; senderId: string; type: "text" | "markdown"; content: string; clientMsgId?: string }>) {
 				const { companyId, groupId, senderId, type } = ctx.params;
 				const content = await messageContent(ctx, type, ctx.params.content);
-				const { message } = await this.appendMessage(ctx, groupId, {
-					companyId, senderId, type, content, mentions: [], mentionAll: false, clientMsgId: randomUUID(), sentAt: new Date(), recalledAt: null, recalledBy: null,
+				const { message, duplicate } = await this.appendMessage(ctx, groupId, {
+					companyId, senderId, type, content, mentions: [], mentionAll: false, clientMsgId: ctx.params.clientMsgId ?? randomUUID(), sentAt: new Date(), recalledAt: null, recalledBy: null,
 				});
 				const view = this.view(message);
 				await ctx.call("group.reached", { groupId, seq: view.seq, at: view.sentAt });
-				await push(ctx, { rooms: [room.group(groupId)], event: "group.message", data: view });
+				if (!duplicate) await push(ctx, { rooms: [room.group(groupId)], event: "group.message", data: view });
 				return { id: view.id, groupId, seq: view.seq, sentAt: view.sentAt };
 			},
 		},

@@ -1,13 +1,14 @@
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
-import type { Context } from "moleculer";
+import type { Context, Service } from "moleculer";
 import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from "rate-limiter-flexible";
 import Redis from "ioredis";
 import { DbMixin, type DbMethods } from "../../mixins/db.mixin";
 import { TenantMixin, type TenantMethods } from "../../mixins/tenant.mixin";
 import { ConfigMixin } from "../../mixins/config.mixin";
 import { idParam, nameParam } from "../../lib/org/params";
-import { serviceSchema } from "../../lib/service";
+import { internalContext, serviceSchema } from "../../lib/service";
 import { clientError } from "../../lib/errors";
+import { RobotTopics, checkedTopics, topicRobotOf, topicsOf, topicsParam } from "../../lib/messaging/robot-topics";
 import type { RequestMeta } from "../../types/context";
 import type { EntityDefinition } from "../../types/entity";
 import type { EntityEvent } from "../../types/org";
@@ -24,6 +25,8 @@ const RobotEntity: EntityDefinition = {
 		token: { type: "string", required: true, max: 64 },
 		/** HMAC key of the signature; shown once, when the robot is created. */
 		secret: { type: "string", required: true, max: 128 },
+		/** The company's bus topics whose messages the robot posts into its group. */
+		topics: { type: "json" },
 		createdBy: { type: "string", required: true, max: 64 },
 		createdAt: { type: "date", required: true },
 	},
@@ -35,8 +38,10 @@ const RobotEntity: EntityDefinition = {
 const SIGNATURE_WINDOW_MS = 60 * 60_000;
 
 interface RobotConfig extends Record<string, unknown> {
-	/** Messages one robot may post per minute. */
-	messagesPerMinute: number;
+	/** Messages one robot may post per window (webhook and bus together). */
+	messagesPerWindow: number;
+	/** The window of `messagesPerWindow`, in seconds (a minute unless changed). */
+	rateWindowSeconds: number;
 	/** Public base URL the webhook URLs start with (e.g. https://chat.example.com); empty = a path on this platform. */
 	publicBaseUrl: string;
 }
@@ -51,10 +56,14 @@ type Svc = DbMethods &
 		redis: Redis | null;
 		limiter: RateLimiterAbstract;
 		limit: number;
+		windowMs: number;
+		robotTopics: RobotTopics;
 		webhookUrl(token: string): string;
 		groupAdmin(ctx: Ctx, groupId: string): Promise<GroupAccess>;
 		verify(robot: Doc, timestamp: string, sign: string): void;
+		take(robotId: string): Promise<number>;
 		consume(robotId: string): Promise<void>;
+		removeRobots(ctx: Ctx, query: Doc): Promise<void>;
 		view(robot: Doc): Doc;
 	};
 
@@ -77,11 +86,13 @@ function hookMessage(body: HookBody): { type: "text" | "markdown"; content: stri
  * Group robots, as users know them from workplace chat apps: a group's owner or administrator
  * adds a robot and gets an incoming webhook URL and a secret; a POST to the URL signed with the
  * secret (timestamp + HMAC, good for an hour) posts text or markdown into the group as the robot,
- * at most `robots.messagesPerMinute` a minute per robot (shared across nodes through Redis).
+ * at most `robots.messagesPerWindow` per `robots.rateWindowSeconds` per robot (shared across nodes through Redis).
+ * A robot can also follow its company's bus topics: what arrives is posted into the group as
+ * markdown, once per message, within the same budget (lib/messaging/robot-topics.ts).
  */
 const MachineService = serviceSchema({
 	name: "machine",
-	mixins: [DbMixin(RobotEntity), TenantMixin("Robot"), ConfigMixin<RobotConfig>("robots", { messagesPerMinute: 20, publicBaseUrl: "" })],
+	mixins: [DbMixin(RobotEntity), TenantMixin("Robot"), ConfigMixin<RobotConfig>("robots", { messagesPerWindow: 20, rateWindowSeconds: 60, publicBaseUrl: "" })],
 	settings: {
 		rest: "/robots",
 		app: "messaging",
@@ -94,14 +105,46 @@ const MachineService = serviceSchema({
 		create: {
 			rest: "POST /",
 			permission: "robot:manage",
-			description: "Adds a robot to a group I own or administer; answers its webhook URL and secret (the secret is shown this once).",
-			params: { $$strict: true, name: nameParam, groupId: idParam },
-			async handler(this: Svc, ctx: Ctx<{ name: string; groupId: string }>) {
+			description: "Adds a robot to a group I own or administer; answers its webhook URL and secret (the secret is shown this once). `topics`: bus topics of my company it posts.",
+			params: { $$strict: true, name: nameParam, groupId: idParam, topics: { ...topicsParam, optional: true } },
+			async handler(this: Svc, ctx: Ctx<{ name: string; groupId: string; topics?: unknown[] }>) {
 				const { group } = await this.groupAdmin(ctx, ctx.params.groupId);
+				const topics = checkedTopics(ctx.params.topics ?? []);
 				const token = randomBytes(24).toString("base64url");
 				const secret = `SEC${randomBytes(32).toString("hex")}`;
-				const robot = await this.createEntity(ctx, { companyId: group.companyId, groupId: group.id, name: ctx.params.name, token, secret, createdBy: this.caller(ctx).id, createdAt: new Date() });
+				const robot = await this.createEntity(ctx, { companyId: group.companyId, groupId: group.id, name: ctx.params.name, token, secret, topics, createdBy: this.caller(ctx).id, createdAt: new Date() });
+				if (topics.length) {
+					try {
+						await this.robotTopics.changed(ctx, robot.id as string, null);
+					} catch (err) {
+						// This node could not subscribe: no robot (the next reconcile settles what is left).
+						await this.removeEntity(ctx, robot.id as string);
+						throw err;
+					}
+				}
 				return { ...this.view(robot), webhookUrl: this.webhookUrl(token), secret };
+			},
+		},
+
+		setTopics: {
+			rest: "PUT /:id/topics",
+			permission: "robot:manage",
+			description: "The bus topics of my company whose messages the robot posts into its group (each as markdown, once; within its rate). `[]` stops.",
+			params: { $$strict: true, id: idParam, topics: topicsParam },
+			async handler(this: Svc, ctx: Ctx<{ id: string; topics: unknown[] }>) {
+				const robot = await this.getOwned(ctx, ctx.params.id);
+				await this.groupAdmin(ctx, robot.groupId as string);
+				const topics = checkedTopics(ctx.params.topics);
+				const updated = await this.updateEntity(ctx, robot.id as string, { topics });
+				if (!updated) throw clientError(`Robot '${ctx.params.id}' not found`, 404, "NOT_FOUND", { id: ctx.params.id });
+				try {
+					await this.robotTopics.changed(ctx, robot.id as string, topicRobotOf(robot));
+				} catch (err) {
+					// This node could not subscribe: back to the topics it had (the next reconcile settles what is left).
+					await this.updateEntity(ctx, robot.id as string, { topics: topicsOf(robot) });
+					throw err;
+				}
+				return this.view(updated);
 			},
 		},
 
@@ -125,6 +168,7 @@ const MachineService = serviceSchema({
 				const robot = await this.getOwned(ctx, ctx.params.id);
 				await this.groupAdmin(ctx, robot.groupId as string);
 				await this.removeEntity(ctx, robot.id as string);
+				await this.robotTopics.removed(ctx, topicRobotOf(robot));
 				ctx.meta.$statusCode = 204;
 				return null;
 			},
@@ -156,14 +200,31 @@ const MachineService = serviceSchema({
 				return { errcode: 0, errmsg: "ok", messageId: sent.id, seq: sent.seq };
 			},
 		},
+
+		/** Makes this node's consumers of one robot's topics match the store (called on every node after a change). */
+		sync: {
+			visibility: "public",
+			params: { id: idParam },
+			handler(this: Svc, ctx: Ctx<{ id: string }>) {
+				return this.robotTopics.sync(ctx.params.id).then(() => true);
+			},
+		},
+
+		/** The robot topics this node consumes, as "<robotId> <topic>" (operations, tests). */
+		consumers: {
+			visibility: "public",
+			handler(this: Svc) {
+				return { nodeID: this.broker.nodeID, consumers: this.robotTopics.keys() };
+			},
+		},
 	},
 
 	events: {
 		async "group.group.removed"(this: Svc, ctx: Context<EntityEvent>) {
-			await this.removeEntities(ctx, { groupId: ctx.params.entity.id });
+			await this.removeRobots(ctx as Ctx, { groupId: ctx.params.entity.id });
 		},
 		async "company.company.removed"(this: Svc, ctx: Context<EntityEvent>) {
-			await this.removeEntities(ctx, { companyId: ctx.params.entity.id });
+			await this.removeRobots(ctx as Ctx, { companyId: ctx.params.entity.id });
 		},
 	},
 
@@ -191,26 +252,46 @@ const MachineService = serviceSchema({
 			if (given.length !== expected.length || !timingSafeEqual(given, expected)) throw clientError("Invalid robot signature", 401, "INVALID_SIGNATURE");
 		},
 
-		async consume(this: Svc, robotId: string) {
+		/** Takes one message of the robot's budget: 0, or the milliseconds until the budget has room again. */
+		async take(this: Svc, robotId: string) {
 			try {
 				await this.limiter.consume(robotId);
+				return 0;
 			} catch (rejection) {
 				if (!(rejection instanceof RateLimiterRes)) throw rejection;
-				throw clientError(`A robot posts at most ${this.limit} messages a minute`, 429, "RATE_LIMITED", { retryAfter: Math.ceil(rejection.msBeforeNext / 1000) });
+				return Math.max(1, rejection.msBeforeNext);
 			}
+		},
+
+		/** The webhook's budget: over it, 429. */
+		async consume(this: Svc, robotId: string) {
+			const wait = await this.take(robotId);
+			const per = this.windowMs === 60_000 ? "a minute" : `per ${this.windowMs / 1000} seconds`;
+			if (wait > 0) throw clientError(`A robot posts at most ${this.limit} messages ${per}`, 429, "RATE_LIMITED", { retryAfter: Math.ceil(wait / 1000) });
+		},
+
+		/** Deletes the robots of a group or company, and their consumers everywhere. */
+		async removeRobots(this: Svc, ctx: Ctx, query: Doc) {
+			const robots = await this.findEntities(ctx, { query });
+			await this.removeEntities(ctx, query);
+			for (const robot of robots) await this.robotTopics.removed(ctx, topicRobotOf(robot));
 		},
 
 		view(robot: Doc) {
 			const { id, companyId, groupId, name, createdBy, createdAt } = robot;
-			return { id, companyId, groupId, name, createdBy, createdAt };
+			return { id, companyId, groupId, name, topics: topicsOf(robot), createdBy, createdAt };
 		},
 
-		/** A new per-minute budget when the configuration changes. */
+		/** A new budget when the configuration changes. */
 		configChanged(this: Svc) {
-			this.limit = this.config.messagesPerMinute;
-			const keyPrefix = `${this.broker.namespace || "cnbicloud"}:robots:${this.limit}`;
-			const memory = new RateLimiterMemory({ keyPrefix, points: this.limit, duration: 60 });
-			this.limiter = this.redis ? new RateLimiterRedis({ storeClient: this.redis, keyPrefix, points: this.limit, duration: 60, insuranceLimiter: memory }) : memory;
+			this.limit = Math.max(1, Math.floor(Number(this.config.messagesPerWindow)) || 20);
+			const seconds = Math.min(3600, Math.max(1, Math.floor(Number(this.config.rateWindowSeconds)) || 60));
+			this.windowMs = seconds * 1000;
+			const keyPrefix = `${this.broker.namespace || "cnbicloud"}:robots:${this.limit}:${seconds}`;
+			const memory = new RateLimiterMemory({ keyPrefix, points: this.limit, duration: seconds });
+			this.limiter = this.redis ? new RateLimiterRedis({ storeClient: this.redis, keyPrefix, points: this.limit, duration: seconds, insuranceLimiter: memory }) : memory;
+			// A held message may now wait a longer window before other nodes may take it.
+			this.robotTopics?.retune();
 		},
 	},
 
@@ -218,9 +299,21 @@ const MachineService = serviceSchema({
 		const redisUrl = this.broker.options.platform?.redisUrl;
 		this.redis = redisUrl ? new Redis(redisUrl, { enableOfflineQueue: false, maxRetriesPerRequest: 1 }) : null;
 		(this as unknown as { configChanged(): void }).configChanged();
+		this.robotTopics = new RobotTopics(this as unknown as Service, {
+			robot: id => this.getEntity(internalContext(this.broker), id),
+			robots: () => this.findEntities(internalContext(this.broker)),
+			take: robotId => this.take(robotId),
+			windowMs: () => this.windowMs,
+		});
 	},
 
-	stopped(this: Svc) {
+	started(this: Svc) {
+		// Not awaited: the Channels adapter connects after every service has started.
+		this.robotTopics.start();
+	},
+
+	async stopped(this: Svc) {
+		await this.robotTopics.stop();
 		this.redis?.disconnect();
 	},
 });
