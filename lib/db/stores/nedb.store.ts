@@ -91,10 +91,18 @@ export class NeDbStore extends Store {
 
 	override async afterConnected(adapter: DbAdapter): Promise<void> {
 		const db = (adapter as unknown as { db: { ensureIndex(o: object): Promise<void> } }).db;
-		for (const index of this.entity.indexes ?? []) {
-			const fieldName = index.fields.length === 1 ? index.fields[0] : compoundKeyField(index.fields);
-			if (index.fields.length > 1 && !index.unique) continue; // NeDB cannot use a compound index for lookups anyway
-			await db.ensureIndex({ fieldName, unique: Boolean(index.unique) });
+		const indexes = this.entity.indexes ?? [];
+		const single = indexes.filter(i => i.fields.length === 1);
+		for (const index of single) await db.ensureIndex({ fieldName: index.fields[0], unique: Boolean(index.unique) });
+		const looked = new Set(single.map(i => i.fields[0]));
+		for (const index of indexes.filter(i => i.fields.length > 1)) {
+			// The hidden joined key enforces a compound unique index; NeDB looks up by one field only,
+			// so the compound index's leading field gets an index of its own for the queries.
+			if (index.unique) await db.ensureIndex({ fieldName: compoundKeyField(index.fields), unique: true });
+			if (!looked.has(index.fields[0])) {
+				await db.ensureIndex({ fieldName: index.fields[0] });
+				looked.add(index.fields[0]);
+			}
 		}
 	}
 }
