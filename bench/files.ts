@@ -19,7 +19,7 @@ import { GetObjectCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3
 import { freePort, waitFor } from "../test/support/servers";
 import { startS3 } from "../test/support/s3";
 import { multipartBody, randomContent } from "../test/support/files";
-import { BenchProcess, RssSampler, startReaper, stopReaper } from "./processes";
+import { BenchProcess, RssSampler, startReaper, stopReaper, runBench } from "./processes";
 
 const ROOT = path.resolve(__dirname, "..");
 const MiB = 1 << 20;
@@ -163,16 +163,4 @@ async function main() {
 	console.log("The load generator, the servers and s3rver share the machine's CPUs: compare rows of one run.");
 }
 
-for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => void cleanup().finally(() => process.exit(130)));
-
-main().then(
-	async () => {
-		await cleanup();
-		process.exit(0);
-	},
-	async err => {
-		console.error(err);
-		await cleanup();
-		process.exit(1);
-	},
-);
+runBench(main, cleanup);

@@ -114,3 +114,27 @@ export class RssSampler {
 		}
 	}
 }
+
+/**
+ * Runs a benchmark's `main`, then `cleanup` whatever happens (an error, Ctrl-C, SIGTERM), and
+ * exits: 0 after a run, 1 after an error, 130 when interrupted.
+ */
+export function runBench(main: () => Promise<void>, cleanup: () => Promise<unknown>): void {
+	for (const signal of ["SIGINT", "SIGTERM"] as const) {
+		process.once(signal, () => {
+			console.error(`\n${signal}: stopping everything…`);
+			void cleanup().finally(() => process.exit(130));
+		});
+	}
+	main().then(
+		async () => {
+			await cleanup();
+			process.exit(0);
+		},
+		async err => {
+			console.error(err);
+			await cleanup();
+			process.exit(1);
+		},
+	);
+}

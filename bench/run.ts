@@ -27,7 +27,7 @@ import { ServiceBroker } from "moleculer";
 import { createBrokerConfig } from "../moleculer.config";
 import { freePort, startNats, waitFor } from "../test/support/servers";
 import { callLoad, httpLoad, type LoadResult } from "./load";
-import { BenchProcess, findPid, RssSampler, startReaper, stopReaper, track, transpile, untrack } from "./processes";
+import { BenchProcess, findPid, RssSampler, startReaper, stopReaper, track, transpile, untrack, runBench } from "./processes";
 
 const ROOT = path.resolve(__dirname, "..");
 const RUNNER = "node_modules/moleculer/bin/moleculer-runner.js";
@@ -268,21 +268,4 @@ async function main(): Promise<void> {
 	);
 }
 
-for (const signal of ["SIGINT", "SIGTERM"] as const) {
-	process.once(signal, () => {
-		console.error(`\n${signal}: stopping everything…`);
-		void cleanup().finally(() => process.exit(130));
-	});
-}
-
-main().then(
-	async () => {
-		await cleanup();
-		process.exit(0);
-	},
-	async err => {
-		console.error(err);
-		await cleanup();
-		process.exit(1);
-	},
-);
+runBench(main, cleanup);
