@@ -4,6 +4,7 @@ import { serviceSchema } from "../../lib/service";
 import { clientError } from "../../lib/errors";
 import { idParam } from "../../lib/org/params";
 import { refuseUnsharedReplica } from "../../lib/replicas";
+import { push, room } from "../../lib/realtime/push";
 import type { AuthenticatedUser } from "../../types/access";
 import type { RequestMeta } from "../../types/context";
 import type { SessionInfo, SessionsRevokedEvent, User } from "../../types/org";
@@ -21,6 +22,7 @@ type Svc = {
 	companyFilter(caller: AuthenticatedUser, requested?: string): { companyId?: string };
 	visible(caller: AuthenticatedUser, row: { userId: string; deptId: string | null }): boolean;
 	withChannels(rows: SessionInfo[]): Promise<OnlineSession[]>;
+	announce(ctx: Ctx, userId: string, companyId: string | null): Promise<void>;
 	visibleSession(ctx: Ctx, sessionId: string): Promise<SessionInfo>;
 };
 
@@ -120,6 +122,7 @@ const OnlineService = serviceSchema({
 				const now = Date.now();
 				await this.presence.connect({ ...ctx.params, userId: session.userId, since: now });
 				await this.presence.markSeen(session.userId, now);
+				await this.announce(ctx, session.userId, session.companyId);
 				return true;
 			},
 		},
@@ -129,8 +132,12 @@ const OnlineService = serviceSchema({
 			params: { connectionId: { type: "string", min: 1, max: 128 } },
 			async handler(this: Svc, ctx: Ctx<{ connectionId: string }>) {
 				const gone = await this.presence.disconnect(ctx.params.connectionId);
-				if (gone) await this.presence.markSeen(gone.userId, Date.now());
-				return gone !== null;
+				if (!gone) return false;
+				await this.presence.markSeen(gone.userId, Date.now());
+				// The session may be gone already (a logout closes its connections): the company comes from the user.
+				const user = await ctx.call<User | null, object>("user.byId", { id: gone.userId });
+				await this.announce(ctx, gone.userId, user?.companyId ?? null);
+				return true;
 			},
 		},
 	},
@@ -148,6 +155,14 @@ const OnlineService = serviceSchema({
 	},
 
 	methods: {
+		/** `presence` to the user's company: how many live connections (devices) the user has now. */
+		async announce(this: Svc, ctx: Ctx, userId: string, companyId: string | null) {
+			if (!companyId) return;
+			const sessions = await ctx.call<SessionInfo[], object>("security.sessions", { userId });
+			const connections = [...(await this.presence.connections(sessions.map(s => s.sessionId))).values()].reduce((n, list) => n + list.length, 0);
+			await push(ctx, { rooms: [room.company(companyId)], event: "presence", data: { userId, online: connections > 0, connections, at: new Date().toISOString() } });
+		},
+
 		caller(ctx: Ctx): AuthenticatedUser {
 			const user = ctx.meta.user;
 			if (!user) throw clientError("Authentication required", 401, "UNAUTHORIZED");

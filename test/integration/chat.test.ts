@@ -11,6 +11,10 @@ import { after, before, describe, it } from "node:test";
 import { expectStatus, startOrg, startOrgCluster, type RunningOrg, type TestCompany } from "../support/org";
 import { clientMsgId, messagingCompany, person, type Person } from "../support/messaging";
 import { socketIoDevice, tcpDevice, tcpPortOf, type Device } from "../support/realtime";
+import { uploadFiles } from "../support/files";
+
+/** A real 1×1 PNG. */
+const PNG = Buffer.from("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==", "base64");
 
 /** Long enough for a stray duplicate push to arrive, where a test asserts that none does. */
 const SETTLE_MS = 400;
@@ -139,6 +143,46 @@ function scenarios(start: () => Promise<RunningOrg>) {
 		assert.deepEqual(new Set(caughtUp.map(m => m.id)), new Set(acked.map(a => a.id)), "exactly the acknowledged messages");
 		const conv = expectStatus(await dave.api.get("/api/chat/conversations"), 200).find((c: any) => c.peer.id === carol.id);
 		assert.equal(conv.unread, 1001);
+	});
+
+	it("sends images and files the sender may read, described from the file store", async () => {
+		const [png, doc] = expectStatus(await uploadFiles(alice.api, [
+			{ name: "photo.png", content: PNG },
+			{ name: "notes.txt", content: Buffer.from("meeting notes") },
+		]), 200);
+		const image = expectStatus(await alice.api.post("/api/chat/messages", { to: bob.id, type: "image", content: { fileId: png.id }, clientMsgId: clientMsgId() }), 200);
+		const file = expectStatus(await alice.api.post("/api/chat/messages", { to: bob.id, type: "file", content: { fileId: doc.id }, clientMsgId: clientMsgId() }), 200);
+		const rows = expectStatus(await bob.api.get(`/api/chat/messages?with=${alice.id}&afterSeq=${image.seq - 1}`), 200).rows;
+		assert.deepEqual(rows.map((m: any) => [m.type, m.content]), [
+			["image", { fileId: png.id, name: "photo.png", size: PNG.length, mime: "image/png" }],
+			["file", { fileId: doc.id, name: "notes.txt", size: 13, mime: doc.mime }],
+		]);
+		assert.equal(rows[1].seq, file.seq);
+		const notImage = await alice.api.post("/api/chat/messages", { to: bob.id, type: "image", content: { fileId: doc.id }, clientMsgId: clientMsgId() });
+		assert.equal(notImage.status, 422, "a text file is no image");
+		const voice = await alice.api.post("/api/chat/messages", { to: bob.id, type: "voice", content: { fileId: png.id, durationMs: 1000 }, clientMsgId: clientMsgId() });
+		assert.equal(voice.status, 422, "an image is no voice message");
+		// Another company's file does not exist for the sender.
+		const other = await person(org, await messagingCompany(org), "mallory");
+		const [theirs] = expectStatus(await uploadFiles(other.api, [{ name: "theirs.png", content: PNG }]), 200);
+		assert.equal((await alice.api.post("/api/chat/messages", { to: bob.id, type: "image", content: { fileId: theirs.id }, clientMsgId: clientMsgId() })).status, 404);
+	});
+
+	it("registers every connection with presence, on the node that holds it", async () => {
+		const seen = expectStatus(await company.admin.get(`/api/online/users/${alice.id}`), 200);
+		const channels = seen.sessions.flatMap((s: any) => s.channels.map((c: any) => c.channel)).sort();
+		assert.ok(channels.includes("websocket") && channels.includes("tcp"), JSON.stringify(channels));
+		assert.equal(seen.online, true);
+		const nodes = new Set(seen.sessions.flatMap((s: any) => s.channels.map((c: any) => c.nodeID)));
+		assert.equal(nodes.size, org.brokers.length, "one device on each gateway node");
+
+		// Colleagues' devices hear a user come online and go offline.
+		const watcher = devices.find(d => d.name.startsWith(bob.username))!;
+		const erin = await person(org, company, "erin");
+		const erinDevice = await tcpDevice(await tcpPortOf(org.brokers[org.brokers.length - 1]), (await erin.login(org.urls[org.urls.length - 1])).token!, "erin");
+		await waitUntil(() => watcher.received("presence").some(p => p.userId === erin.id && p.online && p.connections === 1), "erin online");
+		await erinDevice.close();
+		await waitUntil(() => watcher.received("presence").some(p => p.userId === erin.id && !p.online && p.connections === 0), "erin offline");
 	});
 
 	it("stores a retried send once (same clientMsgId), concurrently too", async () => {

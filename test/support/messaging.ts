@@ -12,11 +12,11 @@ export interface Person {
 	login(url: string, device?: string): Promise<Api>;
 }
 
-/** A company licensed for messaging with `seats` seats. */
+/** A company licensed for messaging (and files, for attachments) with `seats` seats. */
 export async function messagingCompany(org: RunningOrg, seats = 50): Promise<TestCompany> {
 	const licence = expectStatus(
 		await org.admin.post("/api/licenses", {
-			licensee: "Messaging tests", type: "enterprise", edition: "commercial", seats, features: ["messaging"],
+			licensee: "Messaging tests", type: "enterprise", edition: "commercial", seats, features: ["messaging", "files"],
 			expiresAt: new Date(Date.now() + 365 * 24 * 3600 * 1000).toISOString(),
 		}),
 		200,
