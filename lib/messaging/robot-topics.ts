@@ -14,6 +14,7 @@ import type { Context, Service } from "moleculer";
 import { TopicConsumers, type ConsumerTimings, type TopicConsumerSpec } from "../bus/consumers";
 import { TOPIC_RULE, isTopic } from "../bus/names";
 import { clientError } from "../errors";
+import { syncOtherNodes } from "../replicas";
 import { MAX_MARKDOWN_CHARS } from "./content";
 import type { BusMessage } from "../../types/bus";
 
@@ -164,7 +165,7 @@ export class RobotTopics {
 	 */
 	async changed(ctx: Context, robotId: string, before: TopicRobot | null): Promise<void> {
 		await this.sync(robotId);
-		const everywhere = await this.syncEverywhere(ctx, robotId);
+		const everywhere = await syncOtherNodes(this.service, ctx, robotId, "robot");
 		const after = await this.robot(robotId);
 		const left = (before?.topics ?? []).filter(topic => !after?.topics.includes(topic));
 		if (before && left.length) await this.destroyGroups(before, left, everywhere);
@@ -174,24 +175,7 @@ export class RobotTopics {
 	async removed(ctx: Context, robot: TopicRobot): Promise<void> {
 		if (!robot.topics.length) return;
 		await this.sync(robot.id);
-		await this.destroyGroups(robot, robot.topics, await this.syncEverywhere(ctx, robot.id));
-	}
-
-	/** Every other node running machine syncs the robot; answers whether all of them did. */
-	private async syncEverywhere(ctx: Context, robotId: string): Promise<boolean> {
-		const { broker } = this.service;
-		const registry = broker.registry as unknown as { getServiceList(o: object): { name: string; nodeID: string }[] };
-		const name = this.service.name;
-		const nodes = registry.getServiceList({ onlyAvailable: true, skipInternal: true }).filter(s => s.name === name && s.nodeID !== broker.nodeID).map(s => s.nodeID);
-		const results = await Promise.all(
-			nodes.map(nodeID =>
-				ctx.call(`${name}.sync`, { id: robotId }, { nodeID }).then(
-					() => true,
-					err => (this.service.logger.warn(`Node ${nodeID} could not sync robot ${robotId}; its next reconcile will`, (err as Error).message), false),
-				),
-			),
-		);
-		return results.every(Boolean);
+		await this.destroyGroups(robot, robot.topics, await syncOtherNodes(this.service, ctx, robot.id, "robot"));
 	}
 
 	/** A reader of a deleted Redis group spins on errors: groups go only when every node confirmed it dropped them (else they stay). */

@@ -11,6 +11,7 @@ import { BRIDGED_EVENTS, bridgedMessage } from "../../lib/bus/bridge";
 import { DEAD_LETTER_SERVICE, FAILED_CHANNEL, subscriptionOfGroup, webhookGroup } from "../../lib/bus/names";
 import { idParam, listParams, pageOf, type ListQuery } from "../../lib/org/params";
 import { internalContext, serviceSchema } from "../../lib/service";
+import { syncOtherNodes } from "../../lib/replicas";
 import { clientError } from "../../lib/errors";
 import type { BusConfig, BusMessage, Published, PublishParams } from "../../types/bus";
 import type { RequestMeta } from "../../types/context";
@@ -31,7 +32,6 @@ type Svc = Service & DbMethods & TenantMethods & {
 	deliver(sub: Subscription, message: BusMessage, signal: AbortSignal): Promise<void>;
 	recordDeadLetter(ctx: Ctx, sub: SubscriptionRef, message: BusMessage, outcome: DeliveryOutcome): Promise<void>;
 	syncSubscription(ctx: Ctx, id: string): Promise<void>;
-	syncEverywhere(ctx: Ctx, id: string): Promise<boolean>;
 	dropConsumer(id: string, options?: Parameters<TopicConsumers["remove"]>[1]): Promise<void>;
 	removeSubscription(ctx: Ctx, sub: Subscription): Promise<unknown>;
 	reconcile(): Promise<void>;
@@ -119,7 +119,7 @@ const MsgbusService = serviceSchema({
 					await this.removeEntity(ctx, created.id as string);
 					throw err;
 				}
-				await this.syncEverywhere(ctx, created.id as string);
+				await syncOtherNodes(this, ctx, created.id as string, "subscription");
 				return created;
 			},
 		},
@@ -246,7 +246,7 @@ const MsgbusService = serviceSchema({
 		async removeSubscription(this: Svc, ctx: Ctx, sub: Subscription) {
 			const removed = await this.removeEntity(ctx, sub.id);
 			// A reader of a deleted Redis group spins on errors: the group goes only when every node confirmed.
-			const othersDropped = await this.syncEverywhere(ctx, sub.id);
+			const othersDropped = await syncOtherNodes(this, ctx, sub.id, "subscription");
 			await this.dropConsumer(sub.id, othersDropped ? { destroyGroup: true, group: webhookGroup(sub.id), companyId: sub.companyId, topic: sub.topic } : {});
 			return removed;
 		},
@@ -256,21 +256,6 @@ const MsgbusService = serviceSchema({
 			this.aborts.get(id)?.abort();
 			await this.consumers.remove(id, options);
 			this.aborts.delete(id);
-		},
-
-		/** Every other node running msgbus syncs the subscription; answers whether all of them did. */
-		async syncEverywhere(this: Svc, ctx: Ctx, id: string) {
-			const registry = this.broker.registry as unknown as { getServiceList(o: object): { name: string; nodeID: string }[] };
-			const nodes = registry.getServiceList({ onlyAvailable: true, skipInternal: true }).filter(s => s.name === "msgbus" && s.nodeID !== this.broker.nodeID).map(s => s.nodeID);
-			const results = await Promise.all(
-				nodes.map(nodeID =>
-					ctx.call("msgbus.sync", { id }, { nodeID }).then(
-						() => true,
-						err => (this.logger.warn(`Node ${nodeID} could not sync subscription ${id}; its next reconcile will`, (err as Error).message), false),
-					),
-				),
-			);
-			return results.every(Boolean);
 		},
 
 		/** This node's consumers become the stored subscriptions (at start, then every `reconcileIntervalMs`). */
