@@ -36,7 +36,7 @@ import path from "node:path";
 import { io, type Socket } from "socket.io-client";
 import { NodeProcess } from "../test/support/node-process";
 import { freePort, startNats, startRedis, waitFor } from "../test/support/servers";
-import { BenchProcess, findPid, RssSampler, startReaper, stopReaper, track, transpile, untrack, runBench } from "./processes";
+import { BenchProcess, findPid, RssSampler, startReaper, stopReaper, track, transpile, untrack, cleanups, runBench } from "./processes";
 
 const ROOT = path.resolve(__dirname, "..");
 const ADMIN_PASSWORD = "Bench-admin-1";
@@ -120,21 +120,6 @@ class CpuMeter {
 		const used = process.cpuUsage(this.clients);
 		cpu.clients = (used.user + used.system) / 1e6;
 		return { cpu, seconds: (performance.now() - this.t0) / 1000 };
-	}
-}
-
-// --- Clean-up
-
-/** Things to undo, in reverse order of creation. */
-const cleanups: Array<() => unknown> = [];
-
-async function cleanup(): Promise<void> {
-	for (let undo = cleanups.pop(); undo; undo = cleanups.pop()) {
-		try {
-			await undo();
-		} catch (err) {
-			console.error("cleanup:", err);
-		}
 	}
 }
 
@@ -669,4 +654,4 @@ async function main(): Promise<void> {
 	);
 }
 
-runBench(main, cleanup);
+runBench(main);

@@ -19,7 +19,7 @@ import { GetObjectCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3
 import { freePort, waitFor } from "../test/support/servers";
 import { startS3 } from "../test/support/s3";
 import { multipartBody, randomContent } from "../test/support/files";
-import { BenchProcess, RssSampler, startReaper, stopReaper, runBench } from "./processes";
+import { BenchProcess, RssSampler, startReaper, stopReaper, cleanups, runBench } from "./processes";
 
 const ROOT = path.resolve(__dirname, "..");
 const MiB = 1 << 20;
@@ -33,11 +33,6 @@ interface Row {
 	upMBs: number;
 	downMBs: number;
 	peakRssMb: number | null;
-}
-
-const cleanups: Array<() => unknown> = [];
-async function cleanup() {
-	for (let undo = cleanups.pop(); undo; undo = cleanups.pop()) await Promise.resolve(undo()).catch(err => console.error("cleanup:", err));
 }
 
 /** Seconds `work` takes. */
@@ -163,4 +158,4 @@ async function main() {
 	console.log("The load generator, the servers and s3rver share the machine's CPUs: compare rows of one run.");
 }
 
-runBench(main, cleanup);
+runBench(main);

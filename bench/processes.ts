@@ -115,11 +115,24 @@ export class RssSampler {
 	}
 }
 
+/** What to undo when the benchmark ends (processes, servers, temp folders); `runBench` undoes it in reverse order. */
+export const cleanups: Array<() => unknown> = [];
+
+async function cleanup(): Promise<void> {
+	for (let undo = cleanups.pop(); undo; undo = cleanups.pop()) {
+		try {
+			await undo();
+		} catch (err) {
+			console.error("cleanup:", err);
+		}
+	}
+}
+
 /**
- * Runs a benchmark's `main`, then `cleanup` whatever happens (an error, Ctrl-C, SIGTERM), and
- * exits: 0 after a run, 1 after an error, 130 when interrupted.
+ * Runs a benchmark's `main`, then undoes `cleanups` whatever happens (an error, Ctrl-C, SIGTERM),
+ * and exits: 0 after a run, 1 after an error, 130 when interrupted.
  */
-export function runBench(main: () => Promise<void>, cleanup: () => Promise<unknown>): void {
+export function runBench(main: () => Promise<void>): void {
 	for (const signal of ["SIGINT", "SIGTERM"] as const) {
 		process.once(signal, () => {
 			console.error(`\n${signal}: stopping everything…`);

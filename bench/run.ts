@@ -27,7 +27,7 @@ import { ServiceBroker } from "moleculer";
 import { createBrokerConfig } from "../moleculer.config";
 import { freePort, startNats, waitFor } from "../test/support/servers";
 import { callLoad, httpLoad, type LoadResult } from "./load";
-import { BenchProcess, findPid, RssSampler, startReaper, stopReaper, track, transpile, untrack, runBench } from "./processes";
+import { BenchProcess, findPid, RssSampler, startReaper, stopReaper, track, transpile, untrack, cleanups, runBench } from "./processes";
 
 const ROOT = path.resolve(__dirname, "..");
 const RUNNER = "node_modules/moleculer/bin/moleculer-runner.js";
@@ -56,19 +56,6 @@ interface Row {
 	result: LoadResult;
 	/** Peak RSS (MB) of each serving process during the measured run. */
 	rss: Record<string, number>;
-}
-
-/** Things to undo, in reverse order of creation. */
-const cleanups: Array<() => unknown> = [];
-
-async function cleanup(): Promise<void> {
-	for (let undo = cleanups.pop(); undo; undo = cleanups.pop()) {
-		try {
-			await undo();
-		} catch (err) {
-			console.error("cleanup:", err);
-		}
-	}
 }
 
 /**
@@ -268,4 +255,4 @@ async function main(): Promise<void> {
 	);
 }
 
-runBench(main, cleanup);
+runBench(main);
