@@ -7,7 +7,7 @@ import { idParam } from "../../lib/org/params";
 import { push, room } from "../../lib/realtime/push";
 import { serviceSchema } from "../../lib/service";
 import { clientError } from "../../lib/errors";
-import type { AuthenticatedUser } from "../../types/access";
+import { companyMember, type CompanyMember } from "../../lib/messaging/members";
 import type { RequestMeta } from "../../types/context";
 import type { EntityDefinition } from "../../types/entity";
 import type { EntityEvent, User } from "../../types/org";
@@ -51,8 +51,8 @@ type Doc = Record<string, unknown>;
 type Svc = DbMethods &
 	MessageLogMethods & {
 		config: ChatConfig;
-		caller(ctx: Ctx): AuthenticatedUser & { companyId: string };
-		peerOf(ctx: Ctx, me: AuthenticatedUser & { companyId: string }, peerId: string): Promise<User>;
+		caller(ctx: Ctx): CompanyMember;
+		peerOf(ctx: Ctx, me: CompanyMember, peerId: string): Promise<User>;
 		view(doc: Doc): ChatMessage;
 	};
 
@@ -215,14 +215,11 @@ const ChatMsgService = serviceSchema({
 
 	methods: {
 		caller(ctx: Ctx) {
-			const user = ctx.meta.user;
-			if (!user) throw clientError("Authentication required", 401, "UNAUTHORIZED");
-			if (!user.companyId) throw clientError("Chat is between the people of a company; this account belongs to none", 403, "FORBIDDEN");
-			return user as AuthenticatedUser & { companyId: string };
+			return companyMember(ctx, "Chat is between the people of a company");
 		},
 
 		/** A user of my company, or 404 (another company's users do not exist for me). */
-		async peerOf(ctx: Ctx, me: AuthenticatedUser & { companyId: string }, peerId: string) {
+		async peerOf(ctx: Ctx, me: CompanyMember, peerId: string) {
 			const peer = await ctx.call<User | null, object>("user.byId", { id: peerId });
 			if (!peer || peer.companyId !== me.companyId) throw clientError(`User '${peerId}' not found`, 404, "NOT_FOUND", { id: peerId });
 			return peer;

@@ -6,7 +6,7 @@ import { idListParam, idParam, nameParam } from "../../lib/org/params";
 import { changeRooms, push, room } from "../../lib/realtime/push";
 import { serviceSchema } from "../../lib/service";
 import { clientError } from "../../lib/errors";
-import type { AuthenticatedUser } from "../../types/access";
+import { companyMember, requireRole, type CompanyMember, type GroupAccess } from "../../lib/messaging/members";
 import type { RequestMeta } from "../../types/context";
 import type { EntityDefinition } from "../../types/entity";
 import type { EntityEvent } from "../../types/org";
@@ -33,16 +33,13 @@ interface GroupConfig extends Record<string, unknown> {
 }
 
 type Ctx<P = unknown> = Context<P, RequestMeta>;
-type Me = AuthenticatedUser & { companyId: string };
-export interface GroupAccess {
-	group: Group;
-	member: GroupMember;
-}
+type Me = CompanyMember;
 type Svc = DbMethods &
 	TenantMethods & {
 		config: GroupConfig;
 		me(ctx: Ctx): Me;
 		access(ctx: Ctx, groupId: string, userId: string, roles?: GroupRole[]): Promise<GroupAccess>;
+		lookup(ctx: Ctx, groupId: string, userId: string, companyId: string): Promise<GroupAccess>;
 		colleagues(ctx: Ctx, me: Me, userIds: string[]): Promise<void>;
 		announce(ctx: Ctx, event: GroupMemberEvent, extraUserIds?: string[]): Promise<void>;
 	};
@@ -225,12 +222,9 @@ const GroupService = serviceSchema({
 		access: {
 			visibility: "public",
 			params: { groupId: idParam, userId: idParam, companyId: idParam },
-			async handler(this: Svc, ctx: Ctx<{ groupId: string; userId: string; companyId: string }>) {
-				const group = await this.getEntity(ctx, ctx.params.groupId);
-				if (!group || group.companyId !== ctx.params.companyId) throw notFound(ctx.params.groupId);
-				const member = await ctx.call<GroupMember | null, object>("groupmember.get", { groupId: group.id, userId: ctx.params.userId });
-				if (!member) throw notFound(ctx.params.groupId);
-				return { group, member };
+			handler(this: Svc, ctx: Ctx<{ groupId: string; userId: string; companyId: string }>) {
+				const { groupId, userId, companyId } = ctx.params;
+				return this.lookup(ctx, groupId, userId, companyId);
 			},
 		},
 
@@ -252,18 +246,22 @@ const GroupService = serviceSchema({
 	},
 
 	methods: {
-		me(this: Svc, ctx: Ctx): Me {
-			const user = this.caller(ctx);
-			if (!user.companyId) throw clientError("Groups are for the people of a company; this account belongs to none", 403, "FORBIDDEN");
-			return user as Me;
+		me(ctx: Ctx): Me {
+			return companyMember(ctx, "Groups are for the people of a company");
 		},
 
 		/** A non-member sees no group at all (404); a member without the role gets 403. */
 		async access(this: Svc, ctx: Ctx, groupId: string, userId: string, roles?: GroupRole[]) {
-			const found = await ctx.call<GroupAccess, object>("group.access", { groupId, userId, companyId: this.me(ctx).companyId });
-			if (roles && !roles.includes(found.member.role))
-				throw clientError(`Only the group's ${roles.join(" or ")} can do this`, 403, "FORBIDDEN", { role: found.member.role });
-			return found;
+			return requireRole(await this.lookup(ctx, groupId, userId, this.me(ctx).companyId), roles);
+		},
+
+		/** The group and the user's membership, or 404 when either is missing or of another company. */
+		async lookup(this: Svc, ctx: Ctx, groupId: string, userId: string, companyId: string): Promise<GroupAccess> {
+			const group = await this.getEntity(ctx, groupId);
+			if (!group || group.companyId !== companyId) throw notFound(groupId);
+			const member = await ctx.call<GroupMember | null, object>("groupmember.get", { groupId: group.id, userId });
+			if (!member) throw notFound(groupId);
+			return { group: group as unknown as Group, member };
 		},
 
 		/** Every id is an enabled user of my company (one lookup), or 422 naming the ones that are not. */

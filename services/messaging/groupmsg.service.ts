@@ -7,12 +7,11 @@ import { idParam } from "../../lib/org/params";
 import { push, room } from "../../lib/realtime/push";
 import { serviceSchema } from "../../lib/service";
 import { clientError } from "../../lib/errors";
-import type { AuthenticatedUser } from "../../types/access";
 import type { RequestMeta } from "../../types/context";
 import type { EntityDefinition } from "../../types/entity";
 import type { EntityEvent } from "../../types/org";
 import type { Group, GroupMember, GroupMessage } from "../../types/messaging";
-import type { GroupAccess } from "./group.service";
+import { companyMember, myGroup, type CompanyMember, type GroupAccess } from "../../lib/messaging/members";
 
 const MessageEntity: EntityDefinition = {
 	name: "group_messages",
@@ -46,7 +45,7 @@ const RECALL_WINDOW_MS = 2 * 60_000;
 
 type Ctx<P = unknown> = Context<P, RequestMeta>;
 type Doc = Record<string, unknown>;
-type Me = AuthenticatedUser & { companyId: string };
+type Me = CompanyMember;
 type Svc = DbMethods &
 	MessageLogMethods & {
 		me(ctx: Ctx): Me;
@@ -217,16 +216,11 @@ const GroupMsgService = serviceSchema({
 
 	methods: {
 		me(ctx: Ctx): Me {
-			const user = ctx.meta.user;
-			if (!user) throw clientError("Authentication required", 401, "UNAUTHORIZED");
-			if (!user.companyId) throw clientError("Groups are for the people of a company; this account belongs to none", 403, "FORBIDDEN");
-			return user as Me;
+			return companyMember(ctx, "Groups are for the people of a company");
 		},
 
-		/** The group and my membership; 404 for a group I am not in (it does not exist for me). */
 		access(this: Svc, ctx: Ctx, groupId: string) {
-			const me = this.me(ctx);
-			return ctx.call<GroupAccess, object>("group.access", { groupId, userId: me.id, companyId: me.companyId });
+			return myGroup(ctx, this.me(ctx), groupId);
 		},
 
 		async message(this: Svc, ctx: Ctx, group: Group, messageId: string) {

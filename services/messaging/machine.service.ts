@@ -12,7 +12,7 @@ import { RobotTopics, checkedTopics, topicRobotOf, topicsOf, topicsParam } from 
 import type { RequestMeta } from "../../types/context";
 import type { EntityDefinition } from "../../types/entity";
 import type { EntityEvent } from "../../types/org";
-import type { GroupAccess } from "./group.service";
+import { companyMember, myGroup, type GroupAccess } from "../../lib/messaging/members";
 
 const RobotEntity: EntityDefinition = {
 	name: "robots",
@@ -235,11 +235,8 @@ const MachineService = serviceSchema({
 
 		/** The group, when I am its owner or an administrator (404 when I am not in it). */
 		async groupAdmin(this: Svc, ctx: Ctx, groupId: string) {
-			const me = this.caller(ctx);
-			if (!me.companyId) throw clientError("Robots belong to a company's groups; this account belongs to none", 403, "FORBIDDEN");
-			const access = await ctx.call<GroupAccess, object>("group.access", { groupId, userId: me.id, companyId: me.companyId });
-			if (access.member.role === "member") throw clientError("Only the group's owner or administrators manage its robots", 403, "FORBIDDEN");
-			return access;
+			const me = companyMember(ctx, "Robots belong to a company's groups");
+			return myGroup(ctx, me, groupId, ["owner", "admin"], "Only the group's owner or administrators manage its robots");
 		},
 
 		verify(robot: Doc, timestamp: string, sign: string) {
