@@ -12,8 +12,8 @@ import type { ActionAccess, AuthenticatedUser } from "../../types/access";
 import type { RequestMeta } from "../../types/context";
 import type { PlatformSettings } from "../../types/platform";
 import { buildOpenApi, type PublishedRoute } from "./openapi";
-import { GatewayRateLimiter, type LimitResult } from "./rate-limiter";
-import { PrincipalCache, changesAccess } from "./principal-cache";
+import { GatewayRateLimiter, type LimitResult } from "../../lib/rate-limit";
+import { PrincipalCache, changesAccess } from "../../lib/principal-cache";
 import type { SessionsRevokedEvent } from "../../types/org";
 
 /** Services the platform cannot serve requests without; `GET /api/ready` answers 503 until all are up. */

@@ -1,6 +1,6 @@
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import type { Context, Service } from "moleculer";
-import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from "rate-limiter-flexible";
+import type { RateLimiterAbstract } from "rate-limiter-flexible";
 import Redis from "ioredis";
 import { DbMixin, type DbMethods } from "../../mixins/db.mixin";
 import { TenantMixin, type TenantMethods } from "../../mixins/tenant.mixin";
@@ -8,6 +8,7 @@ import { ConfigMixin } from "../../mixins/config.mixin";
 import { idParam, nameParam } from "../../lib/org/params";
 import { internalContext, serviceSchema } from "../../lib/service";
 import { clientError } from "../../lib/errors";
+import { consume, createLimiter } from "../../lib/rate-limit";
 import { RobotTopics, checkedTopics, topicRobotOf, topicsOf, topicsParam } from "../../lib/messaging/robot-topics";
 import type { RequestMeta } from "../../types/context";
 import type { EntityDefinition } from "../../types/entity";
@@ -251,13 +252,8 @@ const MachineService = serviceSchema({
 
 		/** Takes one message of the robot's budget: 0, or the milliseconds until the budget has room again. */
 		async take(this: Svc, robotId: string) {
-			try {
-				await this.limiter.consume(robotId);
-				return 0;
-			} catch (rejection) {
-				if (!(rejection instanceof RateLimiterRes)) throw rejection;
-				return Math.max(1, rejection.msBeforeNext);
-			}
+			const result = (await consume(this.limiter, robotId))!;
+			return result.allowed ? 0 : Math.max(1, result.resetMs);
 		},
 
 		/** The webhook's budget: over it, 429. */
@@ -285,8 +281,7 @@ const MachineService = serviceSchema({
 			const seconds = Math.min(3600, Math.max(1, Math.floor(Number(this.config.rateWindowSeconds)) || 60));
 			this.windowMs = seconds * 1000;
 			const keyPrefix = `${this.broker.namespace || "cnbicloud"}:robots:${this.limit}:${seconds}`;
-			const memory = new RateLimiterMemory({ keyPrefix, points: this.limit, duration: seconds });
-			this.limiter = this.redis ? new RateLimiterRedis({ storeClient: this.redis, keyPrefix, points: this.limit, duration: seconds, insuranceLimiter: memory }) : memory;
+			this.limiter = createLimiter(this.redis, keyPrefix, this.limit, seconds);
 			// A held message may now wait a longer window before other nodes may take it.
 			this.robotTopics?.retune();
 		},

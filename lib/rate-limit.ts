@@ -1,6 +1,6 @@
 import Redis from "ioredis";
 import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from "rate-limiter-flexible";
-import type { RateLimitSettings } from "../../types/platform";
+import type { RateLimitSettings } from "../types/platform";
 
 export interface LimitResult {
 	allowed: boolean;
@@ -8,6 +8,19 @@ export interface LimitResult {
 	remaining: number;
 	/** Seconds until the window resets. */
 	resetSeconds: number;
+	/** The same in milliseconds. */
+	resetMs: number;
+}
+
+/**
+ * A limiter of `points` per `durationSeconds` and key: in Redis when there is one (shared by every
+ * node, atomic increments), falling back to an in-memory limiter of the same size while Redis does
+ * not answer; in memory otherwise.
+ */
+export function createLimiter(redis: Redis | null, keyPrefix: string, points: number, durationSeconds: number): RateLimiterAbstract {
+	const memory = new RateLimiterMemory({ keyPrefix, points, duration: durationSeconds });
+	if (!redis) return memory;
+	return new RateLimiterRedis({ storeClient: redis, keyPrefix, points, duration: durationSeconds, insuranceLimiter: memory, rejectIfRedisNotReady: true });
 }
 
 /**
@@ -28,11 +41,7 @@ export class GatewayRateLimiter {
 	}
 
 	private create(keyPrefix: string, points: number): RateLimiterAbstract | null {
-		if (points <= 0) return null;
-		const duration = this.settings.windowSeconds;
-		const memory = new RateLimiterMemory({ keyPrefix, points, duration });
-		if (!this.redis) return memory;
-		return new RateLimiterRedis({ storeClient: this.redis, keyPrefix, points, duration, insuranceLimiter: memory, rejectIfRedisNotReady: true });
+		return points > 0 ? createLimiter(this.redis, keyPrefix, points, this.settings.windowSeconds) : null;
 	}
 
 	consumeIp(ip: string): Promise<LimitResult | null> {
@@ -48,13 +57,15 @@ export class GatewayRateLimiter {
 	}
 }
 
-async function consume(limiter: RateLimiterAbstract | null, key: string): Promise<LimitResult | null> {
+/** Takes one point of `key`'s budget; null when there is no limit. */
+export async function consume(limiter: RateLimiterAbstract | null, key: string): Promise<LimitResult | null> {
 	if (!limiter) return null;
 	const result = (res: RateLimiterRes, allowed: boolean): LimitResult => ({
 		allowed,
 		limit: limiter.points,
 		remaining: Math.max(0, res.remainingPoints),
 		resetSeconds: Math.ceil(res.msBeforeNext / 1000),
+		resetMs: res.msBeforeNext,
 	});
 	try {
 		return result(await limiter.consume(key), true);

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import NodeCache from "node-cache";
-import type { AuthenticatedUser } from "../../types/access";
+import type { AuthenticatedUser } from "../types/access";
 
 /** Changes to these services' records can change what a signed-in user may do. */
 const ACCESS_SERVICES = ["user", "role", "auth", "dept", "company", "license"];
