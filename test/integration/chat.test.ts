@@ -12,6 +12,7 @@ import { expectStatus, startOrg, startOrgCluster, type RunningOrg, type TestComp
 import { clientMsgId, messagingCompany, person, type Person } from "../support/messaging";
 import { socketIoDevice, tcpDevice, tcpPortOf, type Device } from "../support/realtime";
 import { uploadFiles } from "../support/files";
+import { waitFor } from "../support/servers";
 
 /** A real 1×1 PNG. */
 const PNG = Buffer.from("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==", "base64");
@@ -180,9 +181,9 @@ function scenarios(start: () => Promise<RunningOrg>) {
 		const watcher = devices.find(d => d.name.startsWith(bob.username))!;
 		const erin = await person(org, company, "erin");
 		const erinDevice = await tcpDevice(await tcpPortOf(org.brokers[org.brokers.length - 1]), (await erin.login(org.urls[org.urls.length - 1])).token!, "erin");
-		await waitUntil(() => watcher.received("presence").some(p => p.userId === erin.id && p.online && p.connections === 1), "erin online");
+		await waitFor(() => watcher.received("presence").some(p => p.userId === erin.id && p.online && p.connections === 1), "erin online", 10_000);
 		await erinDevice.close();
-		await waitUntil(() => watcher.received("presence").some(p => p.userId === erin.id && !p.online && p.connections === 0), "erin offline");
+		await waitFor(() => watcher.received("presence").some(p => p.userId === erin.id && !p.online && p.connections === 0), "erin offline", 10_000);
 	});
 
 	it("stores a retried send once (same clientMsgId), concurrently too", async () => {
@@ -268,7 +269,7 @@ function scenarios(start: () => Promise<RunningOrg>) {
 		expectStatus(await api.post("/api/auth/logout"), 204);
 		for (const d of [io, tcp]) {
 			await d.waitFor("session.revoked", 1);
-			await waitUntil(() => d.closed(), `${d.name} closed`);
+			await waitFor(() => d.closed(), `${d.name} closed`, 10_000);
 		}
 		await assert.rejects(socketIoDevice(org.url, api.token!), (err: any) => err.data?.code === 401, "the revoked token is refused");
 	});
@@ -295,7 +296,7 @@ function scenarios(start: () => Promise<RunningOrg>) {
 	it("answers 503, naming no internal service, when a service a call needs is down", async () => {
 		const files = org.brokers.map(b => b.getLocalService("files")).filter(Boolean);
 		for (const [i, b] of org.brokers.entries()) if (files[i]) await b.destroyService(files[i]!);
-		await waitUntil(() => org.brokers.every(b => !(b.registry as any).hasService("files")), "files gone");
+		await waitFor(() => org.brokers.every(b => !(b.registry as any).hasService("files")), "files gone", 10_000);
 		const reply = await alice.api.post("/api/chat/messages", { to: bob.id, type: "image", content: { fileId: "any" }, clientMsgId: clientMsgId() });
 		assert.equal(reply.status, 503, JSON.stringify(reply.body));
 		assert.doesNotMatch(JSON.stringify(reply.body), /files/);
@@ -324,17 +325,13 @@ async function rawTcp(port: number, frames: object[], count: number): Promise<an
 	});
 	socket.write(frames.map(f => JSON.stringify(f) + "\n").join(""));
 	try {
-		await waitUntil(() => received.length >= count, `${count} frame(s) from the server`);
+		await waitFor(() => received.length >= count, `${count} frame(s) from the server`, 10_000);
 		return received;
 	} finally {
 		socket.destroy();
 	}
 }
 
-async function waitUntil(check: () => boolean, what: string) {
-	const { waitFor } = await import("../support/servers");
-	await waitFor(check, what, 10_000);
-}
 
 describe("chat: embedded", () => scenarios(() => startOrg()));
 describe("chat: two nodes over NATS, Redis and PostgreSQL", () => scenarios(() => startOrgCluster()));
