@@ -43,13 +43,16 @@ const ChatConvService = serviceSchema({
 			params: { companyId: idParam, conversationId: { type: "string", max: 140 }, senderId: idParam, receiverId: idParam, seq: seqParam, at: { type: "date", convert: true } },
 			async handler(this: Svc, ctx: Ctx<{ companyId: string; conversationId: string; senderId: string; receiverId: string; seq: number; at: Date }>) {
 				const { companyId, conversationId, senderId, receiverId, seq, at } = ctx.params;
-				for (const [userId, peerId] of [[senderId, receiverId], [receiverId, senderId]]) {
-					if (await this.state(ctx, userId, peerId)) continue;
-					await this.createEntity(ctx, { companyId, conversationId, userId, peerId, readSeq: 0, lastSeq: 0, lastMessageAt: at }).catch(err => {
-						if (err.code !== 409) throw err; // the other side's first message created it at the same time
-					});
+				// Both rows moved: the usual case, one query. Fewer: a row may be missing (a first message).
+				if ((await this.advance(ctx, { conversationId }, "lastSeq", seq, { lastMessageAt: at })) < 2) {
+					for (const [userId, peerId] of [[senderId, receiverId], [receiverId, senderId]]) {
+						if (await this.state(ctx, userId, peerId)) continue;
+						await this.createEntity(ctx, { companyId, conversationId, userId, peerId, readSeq: 0, lastSeq: 0, lastMessageAt: at }).catch(err => {
+							if (err.code !== 409) throw err; // the other side's first message created it at the same time
+						});
+					}
+					await this.advance(ctx, { conversationId }, "lastSeq", seq, { lastMessageAt: at });
 				}
-				await this.advance(ctx, { conversationId }, "lastSeq", seq, { lastMessageAt: at });
 				await this.advance(ctx, { userId: senderId, peerId: receiverId }, "readSeq", seq);
 				return true;
 			},
